@@ -1,0 +1,5 @@
+"""`python -m batchrec …` — what `torchrun -m batchrec train …` runs."""
+
+from cli import app
+
+app()

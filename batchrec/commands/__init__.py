@@ -1,0 +1,1 @@
+"""One module per `batchrec` command group; each only parses flags and calls a stage."""

@@ -1,0 +1,147 @@
+"""Artifact layouts and Arrow schemas: the contract between stages and with downstream readers.
+
+Stages never import each other; they meet only through the artifacts described here.
+
+Internal ids
+------------
+Items get dense internal ids 1..N in first-appearance order; 0 is padding and never
+recommended. Any tensor of item vectors is indexed by internal id and has N + 1 rows (row 0 =
+padding). Users get dense internal ids 0..U-1. External ids (int or string, original type)
+live only in the id maps and in exported tables.
+
+Prepared dataset (output of `batchrec data prepare`), under DATA/:
+    metadata.json     format version, source, parameters, statistics, fingerprint
+    item_map.parquet  item_idx int32 (1..N), item_id <original type>
+    user_map.parquet  user_idx int32 (0..U-1), user_id <original type>
+    sequences.parquet user_idx int32, items list<int32>, timestamps list<int64>, train_len int32
+                      — each user's FULL time-ordered history (what nightly scoring uses);
+                      items[:train_len] is the part training may see.
+    targets.parquet   user_idx int32, split string ('valid'|'test'), position int32, item_idx int32
+                      — an evaluation target is items[position] with history items[:position];
+                      the items seen before it are items[:position] too.
+    _SUCCESS
+
+Checkpoint (output of `batchrec train`), under CKPT/:
+    checkpoint.json   model name, model config, data reference (URL, fingerprint, item-map
+                      fingerprint, n_items), metrics, training config, batchrec version
+    model.pt          state_dict, loaded with torch.load(weights_only=True)
+    train_state.pt    optimizer/scheduler/epoch state for --resume (optional)
+    _SUCCESS
+
+Scoring run (output of `batchrec score`), under RUN/ = {out}/{model}/dt={date}/ by default:
+    user_embeddings/  Parquet parts: user_id, embedding fixed_size_list<float32>[d]
+    item_embeddings/  Parquet parts: item_id, embedding fixed_size_list<float32>[d]
+    topk/             Parquet parts: user_id, item_ids list<item type>, scores list<float32>
+                      (rank order) — or, exploded: user_id, rank int32, item_id, score float32
+    index/            optional FAISS index (see below)
+    manifest.json     see MANIFEST_KEYS
+    _SUCCESS          written last
+
+FAISS index (output of `batchrec index build`), under INDEX/:
+    index.faiss       faiss.write_index output (CPU index)
+    ids.parquet       row int64, item_id <original type>
+    metadata.json     factory, metric, d, n, build time, batchrec version
+    _SUCCESS
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PREPARED_FORMAT_VERSION = 1
+
+# Prepared dataset
+METADATA = "metadata.json"
+ITEM_MAP = "item_map.parquet"
+USER_MAP = "user_map.parquet"
+SEQUENCES = "sequences.parquet"
+TARGETS = "targets.parquet"
+PAD = 0
+SPLITS = ("valid", "test")
+
+# Raw interaction columns after ingest (internal, before id mapping)
+USER_COL, ITEM_COL, TIME_COL, RATING_COL = "user_id", "item_id", "timestamp", "rating"
+
+SEQUENCES_SCHEMA = pa.schema(
+    [
+        ("user_idx", pa.int32()),
+        ("items", pa.list_(pa.int32())),
+        ("timestamps", pa.list_(pa.int64())),
+        ("train_len", pa.int32()),
+    ]
+)
+TARGETS_SCHEMA = pa.schema(
+    [
+        ("user_idx", pa.int32()),
+        ("split", pa.string()),
+        ("position", pa.int32()),
+        ("item_idx", pa.int32()),
+    ]
+)
+
+# Checkpoint
+CHECKPOINT_META = "checkpoint.json"
+CHECKPOINT_WEIGHTS = "model.pt"
+CHECKPOINT_TRAIN_STATE = "train_state.pt"
+
+# Scoring run
+USER_EMBEDDINGS = "user_embeddings"
+ITEM_EMBEDDINGS = "item_embeddings"
+TOPK = "topk"
+MANIFEST = "manifest.json"
+INDEX_DIR = "index"
+MANIFEST_KEYS = (
+    "schema_version",
+    "batchrec_version",
+    "run_id",
+    "model",
+    "checkpoint",
+    "checkpoint_fingerprint",
+    "data",
+    "data_fingerprint",
+    "date",
+    "k",
+    "d",
+    "topk_layout",
+    "retrieval",
+    "rows",
+    "timings_s",
+)
+
+# FAISS index
+INDEX_FILE = "index.faiss"
+INDEX_IDS = "ids.parquet"
+
+
+def embedding_type(d: int) -> pa.DataType:
+    return pa.list_(pa.float32(), d)
+
+
+def user_embeddings_schema(user_id_type: pa.DataType, d: int) -> pa.Schema:
+    return pa.schema([("user_id", user_id_type), ("embedding", embedding_type(d))])
+
+
+def item_embeddings_schema(item_id_type: pa.DataType, d: int) -> pa.Schema:
+    return pa.schema([("item_id", item_id_type), ("embedding", embedding_type(d))])
+
+
+def topk_schema(user_id_type: pa.DataType, item_id_type: pa.DataType) -> pa.Schema:
+    return pa.schema(
+        [
+            ("user_id", user_id_type),
+            ("item_ids", pa.list_(item_id_type)),
+            ("scores", pa.list_(pa.float32())),
+        ]
+    )
+
+
+def topk_exploded_schema(user_id_type: pa.DataType, item_id_type: pa.DataType) -> pa.Schema:
+    return pa.schema(
+        [
+            ("user_id", user_id_type),
+            ("rank", pa.int32()),
+            ("item_id", item_id_type),
+            ("score", pa.float32()),
+        ]
+    )

@@ -1,0 +1,110 @@
+"""Shared fixtures: real data location, a moto S3 server on 127.0.0.1, a tiny prepared dataset."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BATCHREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (MovieLens is not redistributed with batchrec)")
+    return SHARED_DATA
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real S3 API (moto's server) on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "BATCHREC_S3_ENDPOINT_URL")}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        BATCHREC_S3_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(moto_server, request) -> str:
+    """A fresh bucket on the moto server; yields `s3://bucket`."""
+    import s3fs
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_server})
+    fs.mkdir(name)
+    yield f"s3://{name}"
+    fs.rm(name, recursive=True)
+
+
+def make_tiny_prepared(url: str, *, n_users: int = 20, n_items: int = 30, seed: int = 0, string_ids: bool = True) -> str:
+    """A small leave-one-out prepared dataset written through the real writer."""
+    from batchrec.dataset import write_prepared
+
+    rng = np.random.default_rng(seed)
+    seqs, targets = [], []
+    for u in range(n_users):
+        n = int(rng.integers(5, 15))
+        items = rng.choice(np.arange(1, n_items + 1), size=n, replace=False).astype(np.int32)
+        seqs.append({"user_idx": u, "items": items.tolist(), "timestamps": list(range(n)), "train_len": n - 2})
+        targets.append({"user_idx": u, "split": "valid", "position": n - 2, "item_idx": int(items[n - 2])})
+        targets.append({"user_idx": u, "split": "test", "position": n - 1, "item_idx": int(items[n - 1])})
+    item_ids = pa.array([f"i{i}" for i in range(n_items)]) if string_ids else pa.array(np.arange(100, 100 + n_items))
+    user_ids = pa.array([f"u{u}" for u in range(n_users)]) if string_ids else pa.array(np.arange(1000, 1000 + n_users))
+    return write_prepared(
+        url,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        sequences=pa.Table.from_pylist(seqs),
+        targets=pa.Table.from_pylist(targets),
+        source="tiny-fixture",
+        params={"split": "loo"},
+        stats={"users": n_users, "items": n_items, "interactions": sum(len(s["items"]) for s in seqs)},
+    )
+
+
+@pytest.fixture
+def tiny_prepared(tmp_path) -> str:
+    return make_tiny_prepared(str(tmp_path / "prepared"))
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,73 @@
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pytest
+
+from batchrec import config, storage
+from batchrec.errors import UserError
+
+
+@pytest.mark.parametrize("base", ["local", "memory"])
+def test_staged_dir_publishes_all_or_nothing(tmp_path, base):
+    root = str(tmp_path) if base == "local" else "memory://staged-test"
+    final = storage.join(root, "out")
+    with storage.staged_dir(final) as stage:
+        storage.write_parquet(pa.table({"a": [1, 2]}), storage.join(stage, "t.parquet"))
+    assert storage.is_published(final)
+    assert storage.read_parquet(storage.join(final, "t.parquet")).num_rows == 2
+
+    with pytest.raises(RuntimeError), storage.staged_dir(final) as stage:
+        storage.write_parquet(pa.table({"a": [9]}), storage.join(stage, "t.parquet"))
+        raise RuntimeError("boom")
+    assert storage.read_parquet(storage.join(final, "t.parquet")).to_pydict() == {"a": [1, 2]}
+    assert [n for n in storage.ls(root) if n.startswith("_staging")] == []
+
+    with storage.staged_dir(final) as stage:
+        storage.write_json(storage.join(stage, "x.json"), {"v": 2})
+    assert storage.ls(final) == ["_SUCCESS", "x.json"]
+
+
+def test_s3_roundtrip(s3_bucket):
+    final = storage.join(s3_bucket, "run")
+    with storage.staged_dir(final) as stage:
+        storage.write_json(storage.join(stage, "m.json"), {"ok": True})
+    assert storage.read_json(storage.join(final, "m.json")) == {"ok": True}
+    assert storage.is_published(final)
+    assert not [n for n in storage.ls(s3_bucket) if n.startswith("_staging")]
+
+
+def test_missing_backend_has_install_hint():
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="pip install gcsfs"):
+            storage.url_to_fs("gs://bucket/x")
+    with pytest.raises(UserError, match="not a usable storage URL"):
+        storage.url_to_fs("nosuchproto://x/y")
+
+
+@dataclass
+class Inner:
+    dim: int = 8
+    loss: str = "ce"
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    lr: float = 1e-3
+    inner: Inner = field(default_factory=Inner)
+    ks: list[int] = field(default_factory=lambda: [10])
+
+
+def test_config_reports_all_unknown_keys_at_once():
+    with pytest.raises(UserError) as e:
+        config.from_dict(Outer, {"nam": 1, "inner": {"dimm": 3}, "lr": "fast"})
+    msg = str(e.value)
+    assert "nam: unknown key" in msg and "inner.dimm: unknown key" in msg and "lr: 'fast'" in msg
+
+
+def test_config_overrides_coerce_types():
+    data = config.merge({"inner": {"dim": 8}}, config.parse_overrides(["inner.dim=64", "lr=0.01", "ks=[5,10]"]))
+    cfg = config.from_dict(Outer, data)
+    assert cfg.inner.dim == 64 and cfg.lr == 0.01 and cfg.ks == [5, 10]
