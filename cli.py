@@ -38,12 +38,16 @@ app.command("evaluate", help="Full-ranking evaluation of a checkpoint: HR@k, NDC
 )
 app.command("score", help="Score every user with Ray Data: embeddings and top-k Parquet.")(score.score)
 app.add_typer(index.app, name="index", help="FAISS index over exported item embeddings: build, query, eval.")
-app.command("run", help="Run a whole job (prepare → train → evaluate → score → index) from a YAML file.")(run.run)
+app.command("run", help="Run a whole job (prepare → train → evaluate → score → index) from a YAML file.")(
+    run.run
+)
 
 
 @app.callback()
 def _main(
-    log_json: bool = typer.Option(False, "--log-json", envvar="BATCHREC_LOG_JSON", help="One JSON object per log line."),
+    log_json: bool = typer.Option(
+        False, "--log-json", envvar="BATCHREC_LOG_JSON", help="One JSON object per log line."
+    ),
 ) -> None:
     from batchrec import log
 

@@ -77,7 +77,9 @@ def load(url: str, map_location: str | torch.device = "cpu") -> tuple[SeqRecMode
     meta = read_meta(url)
     weights_url = storage.join(url, schema.CHECKPOINT_WEIGHTS)
     if not storage.exists(weights_url):
-        raise UserError("checkpoint has no model.pt", where=url, fix="train again; the checkpoint is incomplete")
+        raise UserError(
+            "checkpoint has no model.pt", where=url, fix="train again; the checkpoint is incomplete"
+        )
     raw = storage.read_bytes(weights_url)
     if meta.get("weights_sha256") and hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
         raise UserError(

@@ -135,8 +135,12 @@ def write_prepared(
     """Publish a prepared dataset at `url`. Refuses to replace a different dataset unless `overwrite`."""
     sequences = sequences.cast(schema.SEQUENCES_SCHEMA)
     targets = targets.cast(schema.TARGETS_SCHEMA)
-    item_table = pa.table({"item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)), "item_id": item_ids})
-    user_table = pa.table({"user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32)), "user_id": user_ids})
+    item_table = pa.table(
+        {"item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)), "item_id": item_ids}
+    )
+    user_table = pa.table(
+        {"user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32)), "user_id": user_ids}
+    )
     fp = fingerprint_tables(item_table, user_table, sequences, targets)
     meta_url = storage.join(url, schema.METADATA)
     if storage.exists(url) and storage.ls(url):
@@ -145,7 +149,9 @@ def write_prepared(
             return url
         if not overwrite:
             raise UserError(
-                "the destination already holds a different dataset" if existing else "the destination is not empty",
+                "the destination already holds a different dataset"
+                if existing
+                else "the destination is not empty",
                 where=url,
                 fix="choose another --out, or pass --overwrite to replace it",
             )

@@ -48,7 +48,9 @@ class IdMap:
         missing = pos.null_count
         if strict and missing:
             bad = arr.filter(pc.is_null(pos)).slice(0, 5).to_pylist()
-            raise UserError(f"{missing} unknown id(s), e.g. {bad}", fix="use ids present in the prepared data")
+            raise UserError(
+                f"{missing} unknown id(s), e.g. {bad}", fix="use ids present in the prepared data"
+            )
         return pos.fill_null(-1 - self.offset).to_numpy(zero_copy_only=False).astype(np.int64) + self.offset
 
     def fingerprint(self) -> str:

@@ -38,7 +38,9 @@ class _Formatter(logging.Formatter):
         return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} [{stage}] {record.getMessage()}"
 
 
-def configure(*, json_format: bool | None = None, run_id: str | None = None, level: int = logging.INFO) -> None:
+def configure(
+    *, json_format: bool | None = None, run_id: str | None = None, level: int = logging.INFO
+) -> None:
     if run_id:
         _state["run_id"] = run_id
     if json_format is None:
@@ -78,7 +80,9 @@ def _fmt_eta(seconds: float) -> str:
 class Progress:
     """Count work done; show a bar on a TTY, else log `desc: n/total (rate unit/s, ETA)` every `every` s."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", every: float = 10.0, enabled: bool = True):
+    def __init__(
+        self, total: int | None, desc: str, unit: str = "it", every: float = 10.0, enabled: bool = True
+    ):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.n = 0
         self.start = self.last = time.monotonic()
@@ -94,7 +98,9 @@ class Progress:
     def update(self, n: int = 1, **postfix: object) -> None:
         self.n += n
         if postfix:
-            self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
+            self.postfix = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items()
+            )
         if not self.enabled:
             return
         if self._bar is not None:

@@ -80,7 +80,9 @@ def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         ) from e
     except ValueError as e:
         raise UserError(
-            f"not a usable storage URL: {e}", where=url, fix="use a path or file://, s3://, gs://, memory:// URL"
+            f"not a usable storage URL: {e}",
+            where=url,
+            fix="use a path or file://, s3://, gs://, memory:// URL",
         ) from e
 
 

@@ -37,7 +37,15 @@ def moto_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "BATCHREC_S3_ENDPOINT_URL")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "BATCHREC_S3_ENDPOINT_URL",
+        )
+    }
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -65,7 +73,9 @@ def s3_bucket(moto_server, request) -> str:
     fs.rm(name, recursive=True)
 
 
-def make_tiny_prepared(url: str, *, n_users: int = 20, n_items: int = 30, seed: int = 0, string_ids: bool = True) -> str:
+def make_tiny_prepared(
+    url: str, *, n_users: int = 20, n_items: int = 30, seed: int = 0, string_ids: bool = True
+) -> str:
     """A small leave-one-out prepared dataset written through the real writer."""
     from batchrec.dataset import write_prepared
 
@@ -74,11 +84,19 @@ def make_tiny_prepared(url: str, *, n_users: int = 20, n_items: int = 30, seed: 
     for u in range(n_users):
         n = int(rng.integers(5, 15))
         items = rng.choice(np.arange(1, n_items + 1), size=n, replace=False).astype(np.int32)
-        seqs.append({"user_idx": u, "items": items.tolist(), "timestamps": list(range(n)), "train_len": n - 2})
+        seqs.append(
+            {"user_idx": u, "items": items.tolist(), "timestamps": list(range(n)), "train_len": n - 2}
+        )
         targets.append({"user_idx": u, "split": "valid", "position": n - 2, "item_idx": int(items[n - 2])})
         targets.append({"user_idx": u, "split": "test", "position": n - 1, "item_idx": int(items[n - 1])})
-    item_ids = pa.array([f"i{i}" for i in range(n_items)]) if string_ids else pa.array(np.arange(100, 100 + n_items))
-    user_ids = pa.array([f"u{u}" for u in range(n_users)]) if string_ids else pa.array(np.arange(1000, 1000 + n_users))
+    item_ids = (
+        pa.array([f"i{i}" for i in range(n_items)]) if string_ids else pa.array(np.arange(100, 100 + n_items))
+    )
+    user_ids = (
+        pa.array([f"u{u}" for u in range(n_users)])
+        if string_ids
+        else pa.array(np.arange(1000, 1000 + n_users))
+    )
     return write_prepared(
         url,
         item_ids=item_ids,

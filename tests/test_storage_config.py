@@ -68,6 +68,8 @@ def test_config_reports_all_unknown_keys_at_once():
 
 
 def test_config_overrides_coerce_types():
-    data = config.merge({"inner": {"dim": 8}}, config.parse_overrides(["inner.dim=64", "lr=0.01", "ks=[5,10]"]))
+    data = config.merge(
+        {"inner": {"dim": 8}}, config.parse_overrides(["inner.dim=64", "lr=0.01", "ks=[5,10]"])
+    )
     cfg = config.from_dict(Outer, data)
     assert cfg.inner.dim == 64 and cfg.lr == 0.01 and cfg.ks == [5, 10]
