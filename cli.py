@@ -38,9 +38,7 @@ app.command("evaluate", help="Full-ranking evaluation of a checkpoint: HR@k, NDC
 )
 app.command("score", help="Score every user with Ray Data: embeddings and top-k Parquet.")(score.score)
 app.add_typer(index.app, name="index", help="FAISS index over exported item embeddings: build, query, eval.")
-app.command("run", help="Run a whole job (prepare → train → evaluate → score → index) from a YAML file.")(
-    run.run
-)
+app.command("run")(run.run)
 
 
 @app.callback()

@@ -12,6 +12,7 @@ import io
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from batchrec import __version__, schema, storage
@@ -33,10 +34,13 @@ def save(
     metrics: dict[str, Any] | None = None,
     train_config: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    item_ids: pa.Array | None = None,
 ) -> str:
     """Publish a checkpoint at `url`, replacing any previous one there.
 
     `data` references the prepared dataset: url, fingerprint, item_map_fingerprint, n_items.
+    `item_ids` (external id of internal item 1..N) is stored beside the weights, so a later
+    training run can warm-start by external id after the old data is gone.
     """
     weights = _to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
     meta = {
@@ -54,6 +58,8 @@ def save(
         storage.write_bytes(storage.join(stage, schema.CHECKPOINT_WEIGHTS), weights)
         if train_state is not None:
             storage.write_bytes(storage.join(stage, schema.CHECKPOINT_TRAIN_STATE), _to_bytes(train_state))
+        if item_ids is not None:
+            storage.write_parquet(pa.table({"item_id": item_ids}), storage.join(stage, schema.ITEM_MAP))
         storage.write_json(storage.join(stage, schema.CHECKPOINT_META), meta)
     return url
 
@@ -104,6 +110,14 @@ def load_train_state(url: str, map_location: str | torch.device = "cpu") -> dict
     if not storage.exists(state_url):
         return None
     return torch.load(io.BytesIO(storage.read_bytes(state_url)), map_location=map_location, weights_only=True)
+
+
+def load_item_ids(url: str) -> pa.Array | None:
+    """External ids of internal items 1..N as trained, if the checkpoint stored them."""
+    map_url = storage.join(url, schema.ITEM_MAP)
+    if not storage.exists(map_url):
+        return None
+    return storage.read_parquet(map_url).column("item_id").combine_chunks()
 
 
 def check_data(meta: dict[str, Any], item_map_fingerprint: str, n_items: int, where: str) -> None:

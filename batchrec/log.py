@@ -58,6 +58,11 @@ def set_stage(stage: str) -> None:
     _state["stage"] = stage
 
 
+def set_run_id(run_id: str) -> None:
+    """Tag later lines with `run_id` without touching the handlers `configure` set up."""
+    _state["run_id"] = run_id
+
+
 def run_id() -> str:
     return _state["run_id"]
 

@@ -1,9 +1,40 @@
-"""`batchrec run` (not built yet)."""
+"""`batchrec run JOB.yaml`: flags → JobConfig → batchrec.pipeline.run_job; exit codes for CronJobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
 
-def run() -> None:
-    """Not built yet."""
-    typer.echo("batchrec run: not built yet", err=True)
-    raise typer.Exit(2)
+def run(
+    job_file: Annotated[str, typer.Argument(metavar="JOB.yaml", help="Job file (see jobs/).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a job key, e.g. --set train.epochs=3 (repeatable)."),
+    ] = None,
+    date: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BATCHREC_DATE", help="Run date YYYY-MM-DD. Default: the job's, else today (UTC)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every stage again, replacing outputs already published.")
+    ] = False,
+) -> None:
+    """Run a job's stages in order, skipping those already published for this date.
+
+    Exit codes: 0 done (or nothing left to do); 2 bad job file or input (do not retry);
+    3 the quality gate refused to publish; anything else is transient (retry).
+    """
+    from batchrec import pipeline
+
+    job = pipeline.load(job_file, set_, date)
+    try:
+        report = pipeline.run_job(job, force=force)
+    except pipeline.GateFailed as e:
+        typer.echo(e.report.summary())
+        typer.echo(f"error: quality gate: {e} — nothing was scored or published", err=True)
+        raise typer.Exit(pipeline.EXIT_GATE) from e
+    typer.echo(report.summary())

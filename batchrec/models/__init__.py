@@ -6,9 +6,17 @@ from typing import Any
 
 from batchrec.errors import UserError
 from batchrec.models.base import SeqRecModel
+from batchrec.models.bert4rec import BERT4Rec
+from batchrec.models.gru4rec import GRU4Rec
 from batchrec.models.pop import Popularity
+from batchrec.models.sasrec import SASRec
 
-MODELS: dict[str, type[SeqRecModel]] = {"pop": Popularity}
+MODELS: dict[str, type[SeqRecModel]] = {
+    "pop": Popularity,
+    "sasrec": SASRec,
+    "bert4rec": BERT4Rec,
+    "gru4rec": GRU4Rec,
+}
 
 
 def model_class(name: str) -> type[SeqRecModel]:

@@ -1,0 +1,1 @@
+"""Interaction data: format readers, ingest (`prepare`), statistics, synthetic data, downloads."""

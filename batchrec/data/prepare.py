@@ -1,0 +1,122 @@
+"""The ingest stage: interaction log (any format, any URL) → prepared dataset (`batchrec.schema`).
+
+    read → min rating → order (time, input order) → repeats → k-core → dense ids → split → publish
+
+`run(cfg)` returns the dataset URL; nothing is written at the destination unless every step
+succeeded (`write_prepared` publishes all files at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from batchrec import log, storage, workspace
+from batchrec.data import formats, sequences
+from batchrec.dataset import write_prepared
+from batchrec.errors import UserError
+
+# Generic file names whose folder names the dataset better (ml-100k/u.data → ml-100k).
+_GENERIC_NAMES = {"u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "interactions.parquet"}
+
+
+@dataclass
+class PrepareConfig:
+    input: str
+    out: str | None = None  # default: {workspace}/prepared/{input name}
+    format: str = "auto"
+    user_col: str | None = None
+    item_col: str | None = None  # several columns, comma-separated, make a composite item
+    time_col: str | None = None
+    rating_col: str | None = None
+    min_rating: float | None = None
+    repeats: Literal["keep", "drop-consecutive", "first"] = "keep"
+    min_user_count: int = 5
+    min_item_count: int = 5
+    split: Literal["loo", "time", "full"] = "loo"
+    valid_quantile: float = 0.8
+    test_quantile: float = 0.9
+    overwrite: bool = False
+    workspace: str | None = None
+
+    def validate(self) -> list[str]:
+        errs = []
+        if self.format != "auto" and self.format not in formats.FORMATS:
+            errs.append(f"format: {self.format!r} is not auto or one of {', '.join(formats.FORMATS)}")
+        if self.repeats not in sequences.REPEATS:
+            errs.append(f"repeats: {self.repeats!r} is not one of {', '.join(sequences.REPEATS)}")
+        if self.split not in sequences.SPLITS:
+            errs.append(f"split: {self.split!r} is not one of {', '.join(sequences.SPLITS)}")
+        if self.min_user_count < 0 or self.min_item_count < 0:
+            errs.append("min_user_count and min_item_count must be >= 0 (0 disables)")
+        if not 0 < self.valid_quantile < self.test_quantile < 1:
+            errs.append(
+                f"need 0 < valid_quantile < test_quantile < 1, got {self.valid_quantile}, {self.test_quantile}"
+            )
+        return errs
+
+    def params(self) -> dict:
+        """The parameters that shape the data (recorded in metadata.json)."""
+        skip = {"input", "out", "overwrite", "workspace"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def default_out(input_url: str, ws: str | None = None) -> str:
+    name = storage.basename(input_url)
+    if name in _GENERIC_NAMES:
+        name = storage.basename(storage.parent(input_url)) or name
+    stem = os.path.splitext(name)[0] if "." in name.strip(".") else name
+    return storage.join(workspace.prepared_root(workspace.root(ws)), stem or "dataset")
+
+
+def run(cfg: PrepareConfig) -> str:
+    errs = cfg.validate()
+    if errs:
+        raise UserError(f"invalid prepare options: {'; '.join(errs)}")
+    logger = log.get("data.prepare")
+    out = cfg.out or default_out(cfg.input, cfg.workspace)
+    t0 = time.monotonic()
+    cols = formats.Columns(user=cfg.user_col, item=cfg.item_col, time=cfg.time_col, rating=cfg.rating_col)
+    data = formats.read(cfg.input, cfg.format, cols)
+    logger.info(f"read {data.frame.height:,} interactions ({data.format}) in {time.monotonic() - t0:.1f}s")
+    if cfg.split == "time" and not data.has_time:
+        raise UserError(
+            f"--split time needs timestamps and the {data.format} format has none",
+            where=cfg.input,
+            fix="use --split loo or --split full",
+        )
+    df = sequences.filter_rating(data.frame, cfg.min_rating, cfg.input)
+    df = sequences.order(df)
+    df = sequences.drop_repeats(df, cfg.repeats)
+    df = sequences.k_core(df, cfg.min_user_count, cfg.min_item_count, cfg.input)
+    seqs = sequences.build(df)
+    fmt = data.format
+    del df, data  # the row frame is the biggest object; free it before building tables
+    sp = sequences.split(seqs, cfg.split, cfg.valid_quantile, cfg.test_quantile)
+    lengths = np.diff(seqs.offsets)
+    stats = sequences.summary(len(seqs.user_ids), len(seqs.item_ids), lengths)
+    stats["splits"] = sequences.split_sizes(sp.train_len, sp.targets)
+    if stats["splits"]["valid"] == 0 and stats["splits"]["test"] == 0 and cfg.split != "full":
+        logger.warning(f"the {cfg.split} split produced no evaluation targets")
+    logger.info(
+        f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions; "
+        f"splits {stats['splits']} ({time.monotonic() - t0:.1f}s)"
+    )
+    write_prepared(
+        out,
+        item_ids=seqs.item_ids,
+        user_ids=seqs.user_ids,
+        sequences=sequences.sequence_table(seqs, sp.train_len),
+        targets=sp.targets,
+        source=cfg.input,
+        params={**cfg.params(), "format": fmt},
+        stats=stats,
+        overwrite=cfg.overwrite,
+    )
+    logger.info(f"prepared dataset published at {out} ({time.monotonic() - t0:.1f}s)")
+    return out

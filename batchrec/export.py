@@ -1,0 +1,127 @@
+"""Scoring output tables: internal ids in, external ids (original Arrow type) out (layout in schema).
+
+The scorer keeps dense internal ids end to end; only here do they become the user's and item's
+external ids. Each scored batch becomes one Parquet part per table, named after the batch's first
+user, so a batch that Ray retries rewrites the same files instead of adding duplicates.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchrec import __version__, schema, storage
+from batchrec.ids import IdMap
+
+LAYOUTS = ("lists", "exploded")
+
+
+def _embeddings(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def part_name(first_user_idx: int) -> str:
+    return f"part-{int(first_user_idx):010d}.parquet"
+
+
+def user_embeddings_table(user_idx: np.ndarray, vectors: np.ndarray, user_map: IdMap) -> pa.Table:
+    return pa.Table.from_arrays(
+        [user_map.to_external(user_idx), _embeddings(vectors)],
+        schema=schema.user_embeddings_schema(user_map.type, vectors.shape[1]),
+    )
+
+
+def item_embeddings_table(vectors: np.ndarray, item_map: IdMap) -> pa.Table:
+    """`vectors` is the model's (N + 1, d) item table; row 0 (padding) is not exported."""
+    return pa.Table.from_arrays(
+        [item_map.to_external(np.arange(1, len(vectors))), _embeddings(vectors[1:])],
+        schema=schema.item_embeddings_schema(item_map.type, vectors.shape[1]),
+    )
+
+
+def topk_table(
+    user_idx: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    user_map: IdMap,
+    item_map: IdMap,
+    layout: str = "lists",
+) -> pa.Table:
+    """(B, k) internal item ids and scores in rank order → the top-k table.
+
+    Entries scored -inf are masked (a user who has seen almost the whole catalogue has fewer
+    than k candidates); they are dropped, so such a user's list is shorter than k.
+    """
+    valid = np.isfinite(scores)
+    counts = valid.sum(axis=1)
+    flat_items = item_map.to_external(items[valid])
+    flat_scores = pa.array(scores[valid].astype(np.float32))
+    users = user_map.to_external(user_idx)
+    if layout == "exploded":
+        rows = np.repeat(np.arange(len(user_idx)), counts)
+        ranks = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else []
+        return pa.Table.from_arrays(
+            [users.take(pa.array(rows)), pa.array(ranks, pa.int32()), flat_items, flat_scores],
+            schema=schema.topk_exploded_schema(user_map.type, item_map.type),
+        )
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.Table.from_arrays(
+        [
+            users,
+            pa.ListArray.from_arrays(offsets, flat_items),
+            pa.ListArray.from_arrays(offsets, flat_scores),
+        ],
+        schema=schema.topk_schema(user_map.type, item_map.type),
+    )
+
+
+def write_part(
+    run_url: str,
+    scored: dict[str, np.ndarray],
+    user_map: IdMap,
+    item_map: IdMap,
+    layout: str = "lists",
+) -> int:
+    """Write one scored batch (Scorer output) as a part of user_embeddings/ and topk/; returns its users."""
+    user_idx = scored["user_idx"]
+    if not len(user_idx):
+        return 0
+    name = part_name(user_idx.min())
+    storage.write_parquet(
+        user_embeddings_table(user_idx, scored["embedding"], user_map),
+        storage.join(run_url, schema.USER_EMBEDDINGS, name),
+    )
+    storage.write_parquet(
+        topk_table(user_idx, scored["topk_items"], scored["topk_scores"], user_map, item_map, layout),
+        storage.join(run_url, schema.TOPK, name),
+    )
+    return len(user_idx)
+
+
+def count_rows(dir_url: str) -> int:
+    """Rows in a directory of Parquet parts, from the footers only."""
+    fs, path = storage.url_to_fs(dir_url)
+    if not fs.exists(path):
+        return 0
+    total = 0
+    for p in sorted(fs.ls(path, detail=False)):
+        if posixpath.basename(p).endswith(".parquet"):
+            with fs.open(p, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def manifest(**fields: Any) -> dict[str, Any]:
+    """The manifest in `schema.MANIFEST_KEYS` order; every key must be given."""
+    fields.setdefault("schema_version", schema.SCHEMA_VERSION)
+    fields.setdefault("batchrec_version", __version__)
+    missing = [k for k in schema.MANIFEST_KEYS if k not in fields]
+    if missing:
+        raise ValueError(f"manifest is missing {missing}")
+    extra = {k: v for k, v in fields.items() if k not in schema.MANIFEST_KEYS}
+    return {**{k: fields[k] for k in schema.MANIFEST_KEYS}, **extra}

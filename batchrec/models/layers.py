@@ -1,0 +1,56 @@
+"""Shared transformer pieces for SASRec and BERT4Rec: a pre-LN block and the attention masks.
+
+Sequences are LEFT-padded, so position embeddings count back from the most recent item
+(column T-1 → position 0): a history means the same thing whatever the padding in its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    """x + attn(ln(x)), then x + ffn(ln(x)); `mask` (B, 1, T, T) bool, True = may attend.
+
+    Dropout acts on the residual branches and inside the FFN, not on attention weights: on CPU
+    a (B, H, T, T) dropout mask costs as much as the rest of the block."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn_mult: int = 4, activation: str = "gelu"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_mult * dim), act, nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d/H)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+def attention_mask(item_seqs: torch.Tensor, causal: bool) -> torch.Tensor:  # (B, 1, T, T)
+    """Real items attend to real items (earlier ones only if `causal`); padding attends to itself,
+    which keeps every row of the softmax non-empty and never leaks into a real position."""
+    t = item_seqs.shape[1]
+    real = item_seqs > 0
+    allowed = real[:, None, :].expand(-1, t, -1)
+    if causal:
+        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=item_seqs.device).tril()
+    allowed = allowed | torch.eye(t, dtype=torch.bool, device=item_seqs.device)
+    return allowed[:, None]
+
+
+def recency_positions(t: int, device: torch.device) -> torch.Tensor:  # (T,)
+    return torch.arange(t - 1, -1, -1, device=device)

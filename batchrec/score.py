@@ -1,0 +1,505 @@
+"""`batchrec score`: every user's full history → user vector → top-k unseen items, as Parquet.
+
+    batchrec score --model sasrec          # workspace defaults for checkpoint, data, output, date
+
+One Ray Data job, the same code on a laptop (`ray.init()` starts a local Ray) and on KubeRay
+(`--ray-address` / `RAY_ADDRESS` joins the cluster):
+
+    read sequences.parquet (user_idx, items)   streamed in blocks, never whole in the driver
+      → map_batches(ScoreWriter)                actors: Scorer (encode + chunked exact top-k),
+                                                then export.write_part → user_embeddings/ + topk/
+      → the driver iterates per-batch counts     progress (users, users/s, ETA)
+    item_embeddings/ from the driver; row counts checked; manifest.json; publish; _SUCCESS last.
+
+Everything is written under a staging prefix and moved into place only when complete, so a
+failed run publishes nothing and a rerun for the same date replaces the old output whole.
+The `Scorer` is a plain callable (dict of numpy arrays → dict): it runs on one batch without
+Ray, which is how its tests and the GPU benchmark use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from batchrec import export, log, schema, storage, workspace
+from batchrec.errors import UserError
+
+_log = log.get("score")
+
+
+@dataclass
+class ScoreConfig:
+    model: str = "sasrec"
+    checkpoint: str | None = None  # default: the workspace's latest checkpoint of `model`
+    data: str | None = None  # default: the workspace's latest prepared dataset
+    out: str | None = None  # the run directory; default: {ws}/outputs/{model}/dt={date}
+    workspace: str | None = None
+    date: str | None = None  # YYYY-MM-DD, default today (UTC)
+    k: int = 100
+    batch_size: int = 4096  # users per Ray Data batch (one Parquet part per batch)
+    num_workers: int | None = None  # scorer actors; default: one per GPU, else one per spare CPU
+    gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+    # torch threads per CPU actor, default cpus_per_worker; more than the Ray CPUs it reserves
+    # lets one actor use a small machine's every core while its read tasks still get scheduled.
+    threads_per_worker: int | None = None
+    ray_address: str | None = None  # default: RAY_ADDRESS, else a local Ray
+    topk_layout: Literal["lists", "exploded"] = "lists"
+    retrieval: Literal["exact", "faiss"] = "exact"
+    recall_sample: int = 1000  # users on which --retrieval faiss is compared with exact
+    max_retries: int = 3  # restarts of a dead scorer actor and retries of its batches
+    # Test-only fault injection: "kill-once:PATH" kills the scorer process on the first batch
+    # while PATH does not exist (and creates it); "raise" fails every batch.
+    fault: str | None = None
+
+    def validate(self) -> list[str]:
+        errs = []
+        if self.k < 1:
+            errs.append(f"k must be ≥ 1, got {self.k}")
+        if self.batch_size < 1:
+            errs.append(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 1:
+            errs.append(f"num_workers must be ≥ 1, got {self.num_workers}")
+        if self.date is not None:
+            try:
+                dt.date.fromisoformat(self.date)
+            except ValueError:
+                errs.append(f"date must be YYYY-MM-DD, got {self.date!r}")
+        return errs
+
+
+# ---------------------------------------------------------------------------------------------
+# The Scorer: one batch of users → vectors and exact top-k, on CPU or GPU, without Ray.
+
+
+def left_pad(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T) int64 LEFT-padded with 0 — the last `max_len` items of each history — and lengths."""
+    lengths = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    seqs = np.zeros((len(histories), max(int(lengths.max(initial=0)), 1)), dtype=np.int64)
+    for row, (h, n) in enumerate(zip(histories, lengths, strict=True)):
+        if n:
+            seqs[row, -n:] = h[-n:]
+    return seqs, lengths
+
+
+class Scorer:
+    """Load a checkpoint once; map a batch {user_idx, items} to vectors and top-k unseen items.
+
+    Returns internal ids: user_idx (B,), embedding (B, d) float32, topk_items (B, k) int32 and
+    topk_scores (B, k) float32 in rank order; a slot with score -inf is a masked item (the user
+    has fewer than k unseen items). On CUDA the encoder runs under bf16 autocast; the vectors
+    are then cast to float32 and scored in float32, so every exported score is exactly
+    ⟨exported user vector, exported item vector⟩ up to float rounding.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        k: int = 100,
+        device: str | None = None,
+        encode_batch: int = 512,
+        user_chunk: int = 1024,
+        item_chunk: int = 32768,
+        threads: int | None = None,
+        retrieval: str = "exact",
+        fault: str | None = None,
+    ):
+        import torch
+
+        from batchrec import checkpoint as ckpt
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.meta = ckpt.load(checkpoint, map_location=self.device)
+        with torch.no_grad():
+            self.items = self.model.item_embeddings().detach().float().contiguous()  # (N + 1, d)
+        self.n_items = self.items.shape[0] - 1
+        self.k = min(k, self.n_items)
+        self.encode_batch, self.user_chunk, self.item_chunk = encode_batch, user_chunk, item_chunk
+        self.fault = fault
+        self.index = None
+        if retrieval == "faiss":
+            from batchrec import ann
+
+            self.index = ann.build_index(self.item_vectors()[1:], None, "ip")  # row r = item r + 1
+
+    @property
+    def d(self) -> int:
+        return int(self.items.shape[1])
+
+    def item_vectors(self) -> np.ndarray:
+        return self.items.cpu().numpy()
+
+    def encode(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(B, d) float32 user vectors; sorted by length so each sub-batch pads only to its own longest."""
+        import torch
+
+        order = np.argsort([len(h) for h in histories], kind="stable")
+        out = torch.empty(len(histories), self.d, dtype=torch.float32, device=self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with torch.inference_mode(), autocast:
+            for s in range(0, len(order), self.encode_batch):
+                rows = order[s : s + self.encode_batch]
+                seqs, lengths = left_pad([histories[r] for r in rows], self.model.max_len)
+                vec = self.model.encode(
+                    torch.from_numpy(seqs).to(self.device), torch.from_numpy(lengths).to(self.device)
+                )
+                out[torch.from_numpy(rows).to(self.device)] = vec.float()
+        return out
+
+    def topk(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the catalogue by chunked matmul, seen items and padding masked."""
+        import torch
+
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        seen_rows = torch.from_numpy(np.repeat(np.arange(len(histories)), lengths)).to(self.device)
+        seen_items = torch.from_numpy(
+            np.concatenate(histories).astype(np.int64) if len(histories) else np.zeros(0, np.int64)
+        ).to(self.device)
+        all_scores, all_items = [], []
+        with torch.inference_mode():
+            for u0 in range(0, len(histories), self.user_chunk):
+                u1 = min(u0 + self.user_chunk, len(histories))
+                in_users = (seen_rows >= u0) & (seen_rows < u1)
+                rows_u, items_u = seen_rows[in_users] - u0, seen_items[in_users]
+                best_s = torch.empty(u1 - u0, 0, device=self.device)
+                best_i = torch.empty(u1 - u0, 0, dtype=torch.int64, device=self.device)
+                for c0 in range(0, self.n_items + 1, self.item_chunk):
+                    c1 = min(c0 + self.item_chunk, self.n_items + 1)
+                    s = users[u0:u1] @ self.items[c0:c1].T  # (b, C)
+                    if c0 == 0:
+                        s[:, schema.PAD] = -torch.inf
+                    hit = (items_u >= c0) & (items_u < c1)
+                    s[rows_u[hit], items_u[hit] - c0] = -torch.inf
+                    v, i = s.topk(min(self.k, c1 - c0), dim=1)
+                    best_s, pick = torch.cat([best_s, v], 1).topk(
+                        min(self.k, best_s.shape[1] + v.shape[1]), 1
+                    )
+                    best_i = torch.cat([best_i, i + c0], 1).gather(1, pick)
+                all_scores.append(best_s.cpu())
+                all_items.append(best_i.cpu())
+        return (
+            torch.cat(all_items).numpy().astype(np.int32),
+            torch.cat(all_scores).numpy().astype(np.float32),
+        )
+
+    def topk_ann(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k through the FAISS index: over-fetch by the longest history, drop seen items, rescore exactly."""
+        from batchrec import ann
+
+        queries = users.float().cpu().numpy()
+        fetch = min(self.n_items, self.k + max((len(h) for h in histories), default=0))
+        _, rows = ann.search(self.index, queries, fetch)
+        cand = rows + 1  # internal ids; 0 where FAISS found fewer than `fetch`
+        items_np = self.item_vectors()
+        scores = np.einsum("bd,bkd->bk", queries, items_np[cand]).astype(np.float32)
+        for row, h in enumerate(histories):
+            scores[row, np.isin(cand[row], h) | (cand[row] == schema.PAD)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        return (
+            np.take_along_axis(cand, order, 1).astype(np.int32),
+            np.take_along_axis(scores, order, 1),
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_fail()
+        histories = [np.asarray(h, dtype=np.int64) for h in batch["items"]]
+        users = self.encode(histories)
+        items, scores = self.topk(users, histories) if self.index is None else self.topk_ann(users, histories)
+        return {
+            "user_idx": np.asarray(batch["user_idx"], dtype=np.int32),
+            "embedding": users.cpu().numpy(),
+            "topk_items": items,
+            "topk_scores": scores,
+        }
+
+    def _maybe_fail(self) -> None:
+        if not self.fault:
+            return
+        if self.fault == "raise":
+            raise RuntimeError("injected scoring fault (fault=raise)")
+        kind, _, path = self.fault.partition(":")
+        if kind == "kill-once" and not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+
+
+class ScoreWriter:
+    """The Ray Data actor: a Scorer plus the id maps; writes each batch as Parquet parts, returns counts."""
+
+    def __init__(self, checkpoint: str, data: str, run_url: str, layout: str, scorer_kwargs: dict[str, Any]):
+        from batchrec.dataset import PreparedDataset
+
+        self.scorer = Scorer(checkpoint, **scorer_kwargs)
+        prepared = PreparedDataset.open(data)
+        self.user_map, self.item_map = prepared.user_map, prepared.item_map
+        self.run_url, self.layout = run_url, layout
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scored = self.scorer(batch)
+        n = export.write_part(self.run_url, scored, self.user_map, self.item_map, self.layout)
+        return {"users": np.array([n], dtype=np.int64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+@dataclass
+class _Inputs:
+    checkpoint: str
+    data: str
+    out: str
+    date: str
+
+
+def resolve(cfg: ScoreConfig) -> _Inputs:
+    """Fill workspace defaults; explicit values win. Missing inputs → one UserError naming where we looked."""
+    ws = workspace.root(cfg.workspace)
+    date = cfg.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    ckpt = cfg.checkpoint or workspace.latest_checkpoint(ws, cfg.model)
+    if ckpt is None:
+        raise UserError(
+            f"no checkpoint for model {cfg.model!r}",
+            where=workspace.checkpoints_root(ws, cfg.model),
+            fix=f"train one with `batchrec train --model {cfg.model}`, or pass --checkpoint URL",
+        )
+    data = cfg.data or workspace.latest_prepared(ws)
+    if data is None:
+        raise UserError(
+            "no prepared dataset",
+            where=workspace.prepared_root(ws),
+            fix="run `batchrec data prepare`, or pass --data URL",
+        )
+    out = cfg.out or workspace.run_dir(workspace.outputs_root(ws, cfg.model), date)
+    return _Inputs(checkpoint=ckpt, data=data, out=out, date=date)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Join `address` (or RAY_ADDRESS), else start a local Ray; shut down only what we started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _pyarrow_fs(url: str):
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.url_to_fs(url)
+    return (None if storage.is_local(url) else PyFileSystem(FSSpecHandler(fs))), path
+
+
+def _check_writable(out: str) -> None:
+    """Fail before any work if the destination cannot take writes (bad bucket, read-only path)."""
+    probe = storage.join(storage.parent(out), f"_probe-{uuid.uuid4().hex[:12]}")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except (OSError, PermissionError) as e:
+        raise UserError(
+            f"cannot write to the output location: {e}", where=out, fix="choose a writable --out"
+        ) from e
+
+
+def _workers(cfg: ScoreConfig) -> tuple[int, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if res.get("GPU") else 0.0)
+    if cfg.num_workers:
+        return cfg.num_workers, gpus
+    if gpus:
+        return max(1, int(res["GPU"] // gpus)), gpus
+    # Leave one CPU for the read tasks and the driver, or the actors would starve them.
+    return max(1, int((res.get("CPU", 1) - 1) // cfg.cpus_per_worker)), gpus
+
+
+def run(cfg: ScoreConfig) -> str:
+    """Score every user of the prepared data with the checkpoint; publish the run; return its URL."""
+    from batchrec import checkpoint as ckpt
+    from batchrec.dataset import PreparedDataset
+
+    log.set_stage("score")
+    t_start = time.monotonic()
+    inputs = resolve(cfg)
+    meta = ckpt.read_meta(inputs.checkpoint)
+    if meta.get("model") != cfg.model:
+        raise UserError(
+            f"the checkpoint is a {meta.get('model')!r} model, not {cfg.model!r}",
+            where=inputs.checkpoint,
+            fix=f"pass --model {meta.get('model')} or another --checkpoint",
+        )
+    prepared = PreparedDataset.open(inputs.data)
+    ckpt.check_data(meta, prepared.metadata["item_map_fingerprint"], prepared.n_items, inputs.checkpoint)
+    if cfg.k > prepared.n_items:
+        raise UserError(
+            f"k={cfg.k} is larger than the catalogue ({prepared.n_items} items)",
+            where=inputs.data,
+            fix=f"use --k {prepared.n_items} or less",
+        )
+    n_users = prepared.n_users
+    _log.info(
+        "scoring %s users × %s items, k=%s: %s → %s",
+        f"{n_users:,}",
+        f"{prepared.n_items:,}",
+        cfg.k,
+        inputs.checkpoint,
+        inputs.out,
+    )
+
+    _check_writable(inputs.out)
+    timings: dict[str, float] = {}
+    with ray_session(cfg.ray_address), storage.staged_dir(inputs.out) as stage:
+        t0 = time.monotonic()
+        driver_scorer = Scorer(inputs.checkpoint, k=cfg.k, device="cpu")
+        d = driver_scorer.d
+        item_table = export.item_embeddings_table(driver_scorer.item_vectors(), prepared.item_map)
+        storage.write_parquet(item_table, storage.join(stage, schema.ITEM_EMBEDDINGS, export.part_name(0)))
+        del driver_scorer, item_table
+        timings["item_embeddings"] = time.monotonic() - t0
+
+        recall = None
+        if cfg.retrieval == "faiss":
+            t0 = time.monotonic()
+            recall = measure_recall(inputs, cfg.k, cfg.recall_sample)
+            timings["recall"] = time.monotonic() - t0
+            _log.info(
+                "faiss recall@%d against exact on %d users: %.4f", cfg.k, recall["users"], recall["recall"]
+            )
+
+        t0 = time.monotonic()
+        n_events = int(prepared.metadata["stats"].get("interactions") or 50 * n_users)
+        n_scored = _score_users(cfg, inputs, stage, n_users, n_events)
+        timings["score_users"] = time.monotonic() - t0
+
+        rows = {
+            "users": n_users,
+            "items": prepared.n_items,
+            schema.USER_EMBEDDINGS: export.count_rows(storage.join(stage, schema.USER_EMBEDDINGS)),
+            schema.ITEM_EMBEDDINGS: export.count_rows(storage.join(stage, schema.ITEM_EMBEDDINGS)),
+            schema.TOPK: export.count_rows(storage.join(stage, schema.TOPK)),
+        }
+        # The part files are the truth: named per batch, a retried batch cannot add rows twice.
+        written = rows[schema.USER_EMBEDDINGS]
+        if written != n_users or (cfg.topk_layout == "lists" and rows[schema.TOPK] != n_users):
+            raise RuntimeError(
+                f"incomplete scoring: {written} user rows and {rows[schema.TOPK]} top-k rows written "
+                f"({n_scored} reported by the workers), {n_users} expected — nothing published"
+            )
+        timings["total"] = time.monotonic() - t_start
+        storage.write_json(
+            storage.join(stage, schema.MANIFEST),
+            export.manifest(
+                run_id=log.run_id(),
+                model=cfg.model,
+                checkpoint=inputs.checkpoint,
+                checkpoint_fingerprint=meta.get("weights_sha256"),
+                data=inputs.data,
+                data_fingerprint=prepared.fingerprint,
+                date=inputs.date,
+                k=cfg.k,
+                d=d,
+                topk_layout=cfg.topk_layout,
+                retrieval=cfg.retrieval,
+                rows=rows,
+                timings_s={k: round(v, 3) for k, v in timings.items()},
+                retrieval_recall=recall,
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                config={k: v for k, v in asdict(cfg).items() if k != "fault"},
+            ),
+        )
+    _log.info(
+        "scored %s users in %.1fs (%s users/s) → %s",
+        f"{n_users:,}",
+        timings["score_users"],
+        f"{n_users / max(timings['score_users'], 1e-9):,.0f}",
+        inputs.out,
+    )
+    return inputs.out
+
+
+def measure_recall(inputs: _Inputs, k: int, sample: int) -> dict[str, Any]:
+    """Recall@k of the FAISS top-k against the exact one on the first `sample` users."""
+    import pyarrow.parquet as pq
+
+    with storage.open_url(storage.join(inputs.data, schema.SEQUENCES)) as f:
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=sample, columns=["user_idx", "items"]))
+    batch = {"user_idx": first.column(0).to_numpy(), "items": first.column(1).to_numpy(zero_copy_only=False)}
+    exact = Scorer(inputs.checkpoint, k=k, device="cpu")(batch)
+    approx = Scorer(inputs.checkpoint, k=k, device="cpu", retrieval="faiss")(batch)
+    hits = total = 0
+    for e_items, e_scores, a_items in zip(
+        exact["topk_items"], exact["topk_scores"], approx["topk_items"], strict=True
+    ):
+        want = set(e_items[np.isfinite(e_scores)].tolist())
+        hits += len(want & set(a_items.tolist()))
+        total += len(want)
+    return {"recall": hits / max(total, 1), "k": k, "users": len(batch["user_idx"])}
+
+
+def _score_users(cfg: ScoreConfig, inputs: _Inputs, stage: str, n_users: int, n_events: int) -> int:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.target_max_block_size
+    ctx.enable_progress_bars = False  # one progress line of our own instead
+    # Read blocks of about one batch of users: a whole file in one block would be one actor task,
+    # leaving the other actors idle and the progress line silent until the very end.
+    bytes_per_user = 16 + 4 * n_events / max(n_users, 1)
+    ctx.target_max_block_size = max(64 << 10, int(bytes_per_user * cfg.batch_size))
+    try:
+        return _execute(cfg, inputs, stage, n_users)
+    finally:
+        ctx.enable_progress_bars, ctx.target_max_block_size = saved
+
+
+def _execute(cfg: ScoreConfig, inputs: _Inputs, stage: str, n_users: int) -> int:
+    import ray
+
+    workers, gpus = _workers(cfg)
+    fs, path = _pyarrow_fs(storage.join(inputs.data, schema.SEQUENCES))
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["user_idx", "items"])
+    scorer_kwargs = {
+        "k": cfg.k,
+        "device": "cuda" if gpus else "cpu",
+        "threads": None if gpus else (cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker))),
+        "retrieval": cfg.retrieval,
+        "fault": cfg.fault,
+    }
+    ds = ds.map_batches(
+        ScoreWriter,
+        fn_constructor_args=(inputs.checkpoint, inputs.data, stage, cfg.topk_layout, scorer_kwargs),
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus,
+        num_cpus=cfg.cpus_per_worker,
+        max_restarts=cfg.max_retries,
+        max_task_retries=cfg.max_retries,
+    )
+    _log.info("scorer actors: %d × (%s CPU, %s GPU)", workers, cfg.cpus_per_worker, gpus)
+    n = 0
+    with log.Progress(n_users, "score", unit="users") as progress:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            done = int(batch["users"].sum())
+            n += done
+            progress.update(done)
+        _log.info(progress.line())
+    return n

@@ -1,0 +1,154 @@
+"""Scoring throughput and memory: synthetic users × items, random SASRec, exact top-k, end to end.
+
+    python bench/bench_score.py --users 250000 --items 100000 --dim 64 --k 100
+    python bench/bench_score.py --users 1000000 --items 100000 --dim 64 --k 100
+
+Prints users/s end to end (Ray start to published `_SUCCESS`) and the peak RSS and PSS of the
+whole process tree (this process + raylet, object store, Ray workers), sampled from /proc every
+0.5 s. PSS splits shared pages (the object store) among the processes mapping them, so it does
+not count them twice; RSS summed over processes does, and is the pessimistic figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from batchrec import checkpoint, schema
+from batchrec.dataset import PreparedDataset, write_prepared
+from batchrec.models import build
+from batchrec.score import ScoreConfig, run
+
+
+def make_data(url: str, n_users: int, n_items: int, seed: int = 0) -> str:
+    """Histories of 5..50 uniformly random items — written directly, no ingest."""
+    if os.path.exists(os.path.join(url, "_SUCCESS")):
+        return url
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 51, n_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    items = rng.integers(1, n_items + 1, int(offsets[-1]), dtype=np.int32)
+    sequences = pa.table(
+        {
+            "user_idx": pa.array(np.arange(n_users, dtype=np.int32)),
+            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(items)),
+            "timestamps": pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(np.arange(len(items), dtype=np.int64))
+            ),
+            "train_len": pa.array(lengths.astype(np.int32)),
+        }
+    )
+    return write_prepared(
+        url,
+        item_ids=pa.array(np.arange(n_items, dtype=np.int64) + 1_000_000),
+        user_ids=pa.array(np.arange(n_users, dtype=np.int64)),
+        sequences=sequences,
+        targets=schema.TARGETS_SCHEMA.empty_table(),
+        source="bench-synthetic",
+        params={"seed": seed},
+        stats={"users": n_users, "items": n_items, "interactions": int(offsets[-1])},
+    )
+
+
+def make_checkpoint(url: str, data_url: str, dim: int) -> str:
+    prepared = PreparedDataset.open(data_url)
+    model = build("sasrec", prepared.n_items, {"dim": dim})
+    ref = {
+        "url": data_url,
+        "fingerprint": prepared.fingerprint,
+        "item_map_fingerprint": prepared.metadata["item_map_fingerprint"],
+        "n_items": prepared.n_items,
+    }
+    return checkpoint.save(url, model, data=ref)
+
+
+def _tree_memory(root: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over `root` and every descendant process."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(pid))
+        except (OSError, IndexError, ValueError):
+            continue
+    rss = pss = 0
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--root", default="/tmp/batchrec-bench-score")
+    a = p.parse_args()
+
+    base = f"{a.root}/{a.users}x{a.items}"
+    t0 = time.time()
+    data = make_data(f"{base}/prepared", a.users, a.items)
+    ckpt = make_checkpoint(f"{base}/ckpt-d{a.dim}", data, a.dim)
+    print(f"data + checkpoint: {time.time() - t0:.1f}s")
+
+    peak = [0, 0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        last = time.time()
+        while not stop.is_set():
+            rss, pss = _tree_memory(os.getpid())
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            if time.time() - last > 30:  # so a run cut short still shows its memory so far
+                last = time.time()
+                print(
+                    f"peak so far: RSS {peak[0] / 2**30:.2f} GiB, PSS {peak[1] / 2**30:.2f} GiB", flush=True
+                )
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.time()
+    cfg = ScoreConfig(
+        model="sasrec",
+        checkpoint=ckpt,
+        data=data,
+        out=f"{base}/run",
+        k=a.k,
+        batch_size=a.batch_size,
+        threads_per_worker=a.threads,
+        date="2026-11-23",
+    )
+    out = run(cfg)
+    wall = time.time() - t0
+    stop.set()
+    sampler.join()
+    print(f"out: {out}")
+    print(
+        f"users={a.users} items={a.items} d={a.dim} k={a.k}: {wall:.1f}s end to end, "
+        f"{a.users / wall:,.0f} users/s; peak tree RSS {peak[0] / 2**30:.2f} GiB, PSS {peak[1] / 2**30:.2f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Model interface, padding invariance, causality, cloze masking and losses on tiny tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from batchrec.errors import UserError
+from batchrec.models import MODELS, build
+from batchrec.models.losses import LOSSES, Loss
+
+N = 40
+SEQ_MODELS = ["sasrec", "bert4rec", "gru4rec"]
+
+
+def _model(name: str, **cfg):
+    torch.manual_seed(0)
+    return build(name, N, {"dim": 16, "max_len": 12, **cfg}).eval()
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_interface_shapes_and_inner_product_scores(name):
+    m = _model(name)
+    seqs = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    users, items = m.encode(seqs, torch.tensor([3, 5])), m.item_embeddings()
+    assert items.shape[0] == N + 1 and users.shape == (2, items.shape[1])
+    assert torch.isfinite(users).all()
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_transformer_user_vector_ignores_extra_left_padding(name):
+    m = _model(name)
+    short = m.encode(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
+    padded = m.encode(torch.tensor([[0, 0, 0, 0, 3, 4, 5]]), torch.tensor([3]))
+    torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_sasrec_is_causal():
+    m = _model("sasrec")
+    a = m.sequence_vectors(torch.tensor([[1, 2, 3, 4]]))
+    b = m.sequence_vectors(torch.tensor([[1, 2, 9, 8]]))
+    torch.testing.assert_close(a[:, :2], b[:, :2])
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_bert4rec_folds_bias_and_masks_only_real_items():
+    m = _model("bert4rec", mask_prob=0.5, replace_80_10_10=True)
+    with torch.no_grad():
+        m.item_bias[7] = 3.0
+    assert m.item_embeddings()[7, -1] == 3.0 and m.encode(torch.tensor([[1, 2]]), None)[0, -1] == 1.0
+    seqs = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9]] * 50)
+    inputs, labels = m.mask_items(seqs, torch.Generator().manual_seed(0))
+    assert (labels[:, :3] == 0).all() and (inputs[:, :3] == 0).all()
+    assert (labels > 0).any(dim=1).all()  # every sequence predicts something
+    assert ((labels == 0) | (labels == seqs)).all()
+    assert (inputs[labels > 0] == m.mask_id).float().mean() > 0.6
+
+
+def test_losses_finite_and_ce_is_full_softmax():
+    torch.manual_seed(0)
+    users, items = torch.randn(6, 8), torch.randn(N + 1, 8)
+    target = torch.tensor([1, 2, 3, 3, 4, 40])
+    for name in LOSSES:
+        value = Loss(name, N, n_negatives=5)(users, target, items, torch.Generator().manual_seed(0))
+        assert torch.isfinite(value), name
+    logits = users @ items[1:].T
+    torch.testing.assert_close(Loss("ce", N)(users, target, items), F.cross_entropy(logits, target - 1))
+
+
+def test_inbatch_loss_does_not_count_duplicate_targets_as_negatives():
+    users, items = torch.randn(2, 4), torch.randn(N + 1, 4)
+    # both rows target item 3: each row's only candidate is its own positive → loss 0
+    assert Loss("inbatch", N)(users, torch.tensor([3, 3]), items).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_model_and_loss_list_the_valid_ones():
+    with pytest.raises(UserError, match="sasrec"):
+        build("transformer", N)
+    with pytest.raises(UserError, match="inbatch"):
+        Loss("hinge", N)
+    with pytest.raises(UserError, match="n_layer"):
+        build("sasrec", N, {"n_layer": 2, "heads": 3})
+    assert set(SEQ_MODELS) | {"pop"} == set(MODELS)

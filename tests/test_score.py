@@ -1,0 +1,424 @@
+"""`batchrec score`: the Scorer on one batch without Ray, the export tables, then the whole stage
+on a shared local Ray (CLI, s3:// on moto, workspace defaults, faults, bad input)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_tiny_prepared
+from torch import nn
+from typer.testing import CliRunner
+
+from batchrec import checkpoint, export, models, schema, storage
+from batchrec.dataset import PreparedDataset
+from batchrec.ids import IdMap
+from batchrec.models.base import SeqRecModel
+from batchrec.score import ScoreConfig, Scorer, left_pad, run
+
+# ---------------------------------------------------------------------------------------------
+# A tiny test model following the shared interface (mean of item vectors → linear).
+
+
+@dataclass
+class TinyConfig:
+    dim: int = 8
+    max_len: int = 4
+    seed: int = 0
+
+
+class TinySeq(SeqRecModel):
+    name = "tinyseq"
+    Config = TinyConfig
+
+    def __init__(self, n_items: int, config: TinyConfig | None = None):
+        super().__init__()
+        self.config = config or TinyConfig()
+        g = torch.Generator().manual_seed(self.config.seed)
+        self.emb = nn.Embedding(n_items + 1, self.config.dim, padding_idx=0)
+        self.proj = nn.Linear(self.config.dim, self.config.dim)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(n_items + 1, self.config.dim, generator=g))
+            self.emb.weight[0] = 0
+
+    def encode(self, item_seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # (B, d)
+        summed = self.emb(item_seqs).sum(1)  # padding rows are zero
+        return self.proj(summed / lengths.clamp(min=1)[:, None].to(summed.dtype))
+
+    def item_embeddings(self) -> torch.Tensor:  # (N + 1, d)
+        return self.emb.weight
+
+
+def register_tiny() -> None:
+    """Runs in every Ray worker (worker_process_setup_hook) and in this process."""
+    models.MODELS.setdefault(TinySeq.name, TinySeq)
+
+
+register_tiny()
+
+
+def save_tiny(url: str, data_url: str, **config) -> str:
+    prepared = PreparedDataset.open(data_url)
+    model = TinySeq(prepared.n_items, TinyConfig(**config))
+    ref = {
+        "url": data_url,
+        "fingerprint": prepared.fingerprint,
+        "item_map_fingerprint": prepared.metadata["item_map_fingerprint"],
+        "n_items": prepared.n_items,
+    }
+    return checkpoint.save(url, model, data=ref)
+
+
+def brute_force(user_vecs: np.ndarray, item_vecs: np.ndarray, histories, k: int):
+    """(B, k) internal ids and scores from the full score matrix with seen items and row 0 masked."""
+    s = user_vecs.astype(np.float64) @ item_vecs.astype(np.float64).T
+    s[:, 0] = -np.inf
+    for row, h in enumerate(histories):
+        s[row, h] = -np.inf
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, 1)
+
+
+def assert_same_topk(got_items, got_scores, want_scores, histories, score_of, atol=1e-4):
+    """Equal up to exact ties: same scores in rank order, every item unseen and scored as claimed."""
+    for row, h in enumerate(histories):
+        items, scores = np.asarray(got_items[row]), np.asarray(got_scores[row])
+        np.testing.assert_allclose(scores, want_scores[row][: len(scores)], atol=atol)
+        assert len(set(items.tolist())) == len(items)
+        assert not set(items.tolist()) & set(np.asarray(h).tolist()), "a seen item was recommended"
+        np.testing.assert_allclose(score_of(row, items), scores, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scorer and export, without Ray.
+
+
+def test_left_pad_keeps_the_last_max_len_items():
+    seqs, lengths = left_pad([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([], dtype=np.int64)], 3)
+    assert seqs.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
+    assert lengths.tolist() == [3, 1, 0]
+
+
+def test_scorer_equals_bruteforce_and_masks_the_full_history(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=25, n_items=40)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data, max_len=4)
+    seqs = PreparedDataset.open(data).sequences
+    batch = {
+        "user_idx": seqs.column("user_idx").to_numpy(),
+        "items": np.array([np.array(h) for h in seqs.column("items").to_pylist()], dtype=object),
+    }
+    # Small chunks so the user and item chunking and the running top-k merge are exercised.
+    scorer = Scorer(ckpt, k=10, user_chunk=7, item_chunk=9, encode_batch=5)
+    out = scorer(batch)
+    histories = [np.asarray(h) for h in batch["items"]]
+    assert out["embedding"].shape == (25, 8) and out["embedding"].dtype == np.float32
+    assert out["topk_items"].shape == (25, 10) and out["topk_items"].dtype == np.int32
+
+    # The vectors are the model's on the last max_len items only …
+    model, _ = checkpoint.load(ckpt)
+    padded, lengths = left_pad(histories, 4)
+    with torch.no_grad():
+        want_vecs = model.encode(torch.from_numpy(padded), torch.from_numpy(lengths)).numpy()
+    np.testing.assert_allclose(out["embedding"], want_vecs, rtol=1e-5, atol=1e-5)
+    # … while the mask uses the whole history (histories here are 5..14 items long).
+    items = scorer.item_vectors()
+    _, want_scores = brute_force(out["embedding"], items, histories, 10)
+    assert_same_topk(
+        out["topk_items"],
+        out["topk_scores"],
+        want_scores,
+        histories,
+        lambda row, ids: items[ids] @ out["embedding"][row],
+    )
+
+
+def test_scorer_gives_shorter_lists_when_few_items_are_unseen(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=3, n_items=15)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    batch = {"user_idx": np.array([0, 1]), "items": [np.arange(1, 14), np.array([3])]}
+    out = Scorer(ckpt, k=5)(batch)
+    assert np.isfinite(out["topk_scores"][0]).sum() == 2  # only items 14 and 15 are unseen
+    assert set(out["topk_items"][0][:2].tolist()) == {14, 15}
+    assert np.isfinite(out["topk_scores"][1]).all()
+
+
+def test_export_tables_map_to_external_ids_in_both_layouts():
+    users = IdMap(pa.array(["ann", "bob"]), offset=0)
+    items = IdMap(pa.array([10, 20, 30], pa.int64()), offset=1)
+    topk_items = np.array([[3, 1], [2, 0]], dtype=np.int32)
+    topk_scores = np.array([[0.9, 0.5], [0.7, -np.inf]], dtype=np.float32)
+    lists = export.topk_table(np.array([1, 0]), topk_items, topk_scores, users, items)
+    assert lists.schema == schema.topk_schema(pa.string(), pa.int64())
+    assert lists.to_pylist() == [
+        {"user_id": "bob", "item_ids": [30, 10], "scores": pytest.approx([0.9, 0.5])},
+        {"user_id": "ann", "item_ids": [20], "scores": pytest.approx([0.7])},
+    ]
+    exploded = export.topk_table(np.array([1, 0]), topk_items, topk_scores, users, items, "exploded")
+    assert exploded.schema == schema.topk_exploded_schema(pa.string(), pa.int64())
+    assert [(r["user_id"], r["rank"], r["item_id"]) for r in exploded.to_pylist()] == [
+        ("bob", 0, 30),
+        ("bob", 1, 10),
+        ("ann", 0, 20),
+    ]
+    emb = export.user_embeddings_table(np.array([0]), np.ones((1, 3)), users)
+    assert emb.schema == schema.user_embeddings_schema(pa.string(), 3)
+
+
+def test_manifest_requires_every_key():
+    with pytest.raises(ValueError, match="missing"):
+        export.manifest(model="x")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage on a shared local Ray.
+
+
+@pytest.fixture(scope="module")
+def ray_session(moto_server):
+    """One small local Ray for the module; started after moto so workers inherit its S3 settings.
+
+    Workers import this module at start-up (PYTHONPATH + setup hook) so they know `tinyseq`.
+    """
+    import ray
+
+    saved = os.environ.get("PYTHONPATH")
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, saved) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"worker_process_setup_hook": f"{__name__}.register_tiny"},
+    )
+    yield
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = saved
+
+
+def read_run(run_url: str) -> dict:
+    return {
+        "users": storage.read_parquet(storage.join(run_url, schema.USER_EMBEDDINGS)),
+        "items": storage.read_parquet(storage.join(run_url, schema.ITEM_EMBEDDINGS)),
+        "topk": storage.read_parquet(storage.join(run_url, schema.TOPK)),
+        "manifest": storage.read_json(storage.join(run_url, schema.MANIFEST)),
+    }
+
+
+def check_run(run_url: str, data_url: str, k: int, layout: str = "lists") -> dict:
+    """The output contract, checked against a brute force from the exported embeddings."""
+    assert storage.is_published(run_url)
+    out = read_run(run_url)
+    prepared = PreparedDataset.open(data_url)
+    users, items, topk = out["users"], out["items"], out["topk"]
+    user_ids = users.column("user_id").to_pylist()
+    assert sorted(user_ids) == sorted(prepared.user_map.external.to_pylist())  # each user exactly once
+    assert users.schema.field("user_id").type == prepared.user_map.type
+    assert items.num_rows == prepared.n_items
+    if layout == "exploded":
+        df = topk.to_pandas().sort_values(["user_id", "rank"])
+        grouped = df.groupby("user_id", sort=False)
+        topk = pa.table(
+            {
+                "user_id": list(grouped.groups),
+                "item_ids": [g["item_id"].tolist() for _, g in grouped],
+                "scores": [g["score"].tolist() for _, g in grouped],
+            }
+        )
+    assert sorted(topk.column("user_id").to_pylist()) == sorted(user_ids)
+
+    item_row = {iid: r for r, iid in enumerate(items.column("item_id").to_pylist())}
+    item_vecs = np.vstack(
+        [np.zeros((1, out["manifest"]["d"])), np.stack(items.column("embedding").to_numpy(False))]
+    )
+    user_vec = dict(zip(user_ids, np.stack(users.column("embedding").to_numpy(False)), strict=True))
+    histories_by_user = dict(
+        zip(
+            prepared.user_map.to_external(prepared.sequences.column("user_idx").to_numpy()).to_pylist(),
+            prepared.sequences.column("items").to_pylist(),
+            strict=True,
+        )
+    )
+    rows = topk.to_pylist()
+    vecs = np.stack([user_vec[r["user_id"]] for r in rows])
+    # Internal id of exported item row r is r + 1 (item_map order); histories hold internal ids.
+    assert [item_row[i] + 1 for i in prepared.item_map.external.to_pylist()] == list(
+        range(1, prepared.n_items + 1)
+    )
+    histories = [histories_by_user[r["user_id"]] for r in rows]
+    _, want = brute_force(vecs, item_vecs, histories, k)
+    assert_same_topk(
+        [[item_row[i] + 1 for i in r["item_ids"]] for r in rows],
+        [r["scores"] for r in rows],
+        want,
+        histories,
+        lambda row, ids: item_vecs[ids] @ vecs[row],
+    )
+    manifest = out["manifest"]
+    assert list(manifest)[: len(schema.MANIFEST_KEYS)] == list(schema.MANIFEST_KEYS)
+    assert manifest["k"] == k and manifest["rows"]["user_embeddings"] == len(user_ids)
+    assert manifest["data_fingerprint"] == prepared.fingerprint
+    return out
+
+
+def invoke(*args: str):
+    from cli import app
+
+    return CliRunner().invoke(app, ["score", *args])
+
+
+@pytest.mark.ray
+def test_cli_scores_every_user_once_and_matches_bruteforce(ray_session, tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=60, n_items=50, string_ids=False)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data, max_len=3)
+    out = str(tmp_path / "run")
+    res = invoke("--model", "tinyseq", "--checkpoint", ckpt, "--data", data, "--out", out, "--k", "7")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().endswith(out)
+    got = check_run(out, data, k=7)
+    assert got["users"].schema.field("user_id").type == pa.int64()
+    # Batches become parts; a small batch size gives several, each user still exactly once.
+    res = invoke(
+        "--model", "tinyseq", "--checkpoint", ckpt, "--data", data, "--out", out, "--k", "7",
+        "--batch-size", "16", "--topk-layout", "exploded",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(storage.ls(storage.join(out, schema.TOPK))) >= 4
+    check_run(out, data, k=7, layout="exploded")
+    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]  # no staging left
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_scores_to_s3_through_moto(ray_session, s3_bucket):
+    data = make_tiny_prepared(f"{s3_bucket}/prepared/tiny", n_users=30, n_items=25)
+    ckpt = save_tiny(f"{s3_bucket}/checkpoints/tinyseq/1", data)
+    out = run(ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=f"{s3_bucket}/run", k=5))
+    check_run(out, data, k=5)
+
+
+@pytest.mark.ray
+def test_workspace_defaults_and_atomic_rerun(ray_session, tmp_path, monkeypatch):
+    ws = str(tmp_path / "ws")
+    data = make_tiny_prepared(f"{ws}/prepared/tiny", n_users=20, n_items=30)
+    save_tiny(f"{ws}/checkpoints/tinyseq/20261122T000000", data)
+    monkeypatch.setenv("BATCHREC_WORKSPACE", ws)
+    res = invoke("--model", "tinyseq", "--k", "5", "--date", "2026-11-23")
+    assert res.exit_code == 0, res.output
+    run_url = f"{ws}/outputs/tinyseq/dt=2026-11-23"
+    first = check_run(run_url, data, k=5)
+    assert first["manifest"]["date"] == "2026-11-23"
+    # A rerun of the same date with another k replaces the output whole.
+    res = invoke("--model", "tinyseq", "--k", "3", "--date", "2026-11-23")
+    assert res.exit_code == 0, res.output
+    second = check_run(run_url, data, k=3)
+    assert second["manifest"]["run_id"] and second["manifest"]["k"] == 3
+    assert storage.ls(f"{ws}/outputs/tinyseq") == ["dt=2026-11-23"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_output_is_complete(ray_session, tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=80, n_items=30)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    marker = tmp_path / "killed"
+    cfg = ScoreConfig(
+        model="tinyseq",
+        checkpoint=ckpt,
+        data=data,
+        out=str(tmp_path / "run"),
+        k=5,
+        batch_size=16,
+        fault=f"kill-once:{marker}",
+    )
+    out = run(cfg)
+    assert marker.exists(), "the fault was not injected"
+    got = check_run(out, data, k=5)
+    # Parts are named by their batch's first user, so the retried batch replaced its files.
+    parts = storage.ls(storage.join(out, schema.USER_EMBEDDINGS))
+    assert sum(pq.read_metadata(os.path.join(out, schema.USER_EMBEDDINGS, p)).num_rows for p in parts) == 80
+    assert got["manifest"]["rows"]["topk"] == 80
+
+
+@pytest.mark.ray
+def test_a_run_that_cannot_finish_publishes_nothing(ray_session, tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"))
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    out = str(tmp_path / "run")
+    cfg = ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=out, k=5)
+    run(cfg)
+    before = read_run(out)["manifest"]["run_id"]
+    cfg.fault, cfg.k = "raise", 3
+    with pytest.raises(Exception, match="injected scoring fault"):
+        run(cfg)
+    assert storage.is_published(out) and read_run(out)["manifest"]["k"] == 5  # the old run is intact
+    assert read_run(out)["manifest"]["run_id"] == before
+    cfg.out = str(tmp_path / "fresh")
+    with pytest.raises(Exception, match="injected scoring fault"):
+        run(cfg)
+    assert not storage.exists(cfg.out)
+    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear error, exit 2, nothing published (all fail before Ray starts).
+
+
+def test_missing_checkpoint_and_data_say_where_they_looked(tmp_path):
+    ws = str(tmp_path / "ws")
+    res = invoke("--model", "tinyseq", "--workspace", ws)
+    assert res.exit_code == 2
+    assert "no checkpoint for model 'tinyseq'" in res.output and f"{ws}/checkpoints/tinyseq" in res.output
+    data = make_tiny_prepared(str(tmp_path / "data"))
+    save_tiny(f"{ws}/checkpoints/tinyseq/1", data)
+    res = invoke("--model", "tinyseq", "--workspace", ws)
+    assert res.exit_code == 2 and "no prepared dataset" in res.output and f"{ws}/prepared" in res.output
+    res = invoke("--model", "tinyseq", "--workspace", ws, "--data", str(tmp_path / "nope"))
+    assert res.exit_code == 2 and "no prepared dataset here" in res.output
+
+
+def test_bad_inputs_exit_2_and_publish_nothing(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_items=30)
+    other = make_tiny_prepared(str(tmp_path / "other"), n_items=31, seed=1)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    out = str(tmp_path / "run")
+    base = ["--model", "tinyseq", "--checkpoint", ckpt, "--out", out]
+    cases = {
+        "does not match the data": [*base, "--data", other],
+        "larger than the catalogue (30 items)": [*base, "--data", data, "--k", "31"],
+        "is a 'tinyseq' model, not 'pop'": ["--model", "pop", "--checkpoint", ckpt, "--data", data],
+        "date must be YYYY-MM-DD": [*base, "--data", data, "--date", "23/11/2026"],
+    }
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases["cannot write to the output location"] = [
+        "--model", "tinyseq", "--checkpoint", ckpt, "--data", data, "--k", "5", "--out", str(blocker / "run"),
+    ]  # fmt: skip
+    for message, args in cases.items():
+        res = invoke(*args)
+        assert res.exit_code == 2, (message, res.output)
+        assert message in res.output and res.output.count("error:") == 1
+    assert not storage.exists(out)
+
+
+def test_faiss_retrieval_drops_seen_items_and_reports_recall(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=25, n_items=40)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    seqs = PreparedDataset.open(data).sequences
+    batch = {"user_idx": seqs.column("user_idx").to_numpy(), "items": seqs.column("items").to_pylist()}
+    exact = Scorer(ckpt, k=8)(batch)
+    approx = Scorer(ckpt, k=8, retrieval="faiss")(batch)
+    for row, h in enumerate(batch["items"]):
+        assert not set(approx["topk_items"][row].tolist()) & set(h)
+    # Scores are exact inner products whatever the index; a small catalogue gets an exact index.
+    np.testing.assert_allclose(approx["topk_scores"], exact["topk_scores"], atol=1e-5)
+    from batchrec.score import _Inputs, measure_recall
+
+    recall = measure_recall(_Inputs(ckpt, data, str(tmp_path / "run"), "2026-11-23"), k=8, sample=10)
+    assert recall == {"recall": 1.0, "k": 8, "users": 10}
