@@ -109,7 +109,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str])
             problems.append(f"{prefix}{name}: required key is missing")
     if problems:
         return None  # type: ignore[return-value]
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        problems.extend(f"{prefix}{e}" for e in validate())
+    return obj
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config") -> T:
@@ -122,11 +126,6 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config
             where=where,
             fix="fix or remove the keys named above",
         )
-    validate = getattr(obj, "validate", None)
-    if validate:
-        errs = validate()
-        if errs:
-            raise UserError(f"invalid configuration: {'; '.join(errs)}", where=where)
     return obj
 
 

@@ -190,20 +190,14 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     from batchrec.models.pop import Popularity
 
     ws = workspace.root(cfg.workspace)
-    ckpt = cfg.checkpoint or workspace.latest_checkpoint(ws, cfg.model)
-    if ckpt is None:
-        raise UserError(
-            f"no {cfg.model} checkpoint in the workspace",
-            where=workspace.checkpoints_root(ws, cfg.model),
-            fix="train one with `batchrec train`, or pass --checkpoint",
-        )
+    ckpt = workspace.require_checkpoint(ws, cfg.model, cfg.checkpoint)
     meta = checkpoint.read_meta(ckpt)
-    data_url = cfg.data
-    if data_url is None:
-        recorded = meta.get("data", {}).get("url")
-        data_url = recorded if recorded and storage.is_published(recorded) else workspace.latest_prepared(ws)
-    if data_url is None:
-        raise UserError("no prepared dataset found", where=ws, fix="pass --data")
+    # The dataset the checkpoint was trained on, while it exists, beats the workspace's newest.
+    recorded = meta.get("data", {}).get("url")
+    if cfg.data is None and recorded and storage.is_published(recorded):
+        data_url = recorded
+    else:
+        data_url = workspace.require_prepared(ws, cfg.data)
     ds = PreparedDataset.open(data_url)
     checkpoint.check_data(meta, ds.metadata["item_map_fingerprint"], ds.n_items, where=ckpt)
     device = resolve_device(cfg.device)

@@ -267,20 +267,8 @@ def resolve(cfg: ScoreConfig) -> _Inputs:
     """Fill workspace defaults; explicit values win. Missing inputs → one UserError naming where we looked."""
     ws = workspace.root(cfg.workspace)
     date = cfg.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    ckpt = cfg.checkpoint or workspace.latest_checkpoint(ws, cfg.model)
-    if ckpt is None:
-        raise UserError(
-            f"no checkpoint for model {cfg.model!r}",
-            where=workspace.checkpoints_root(ws, cfg.model),
-            fix=f"train one with `batchrec train --model {cfg.model}`, or pass --checkpoint URL",
-        )
-    data = cfg.data or workspace.latest_prepared(ws)
-    if data is None:
-        raise UserError(
-            "no prepared dataset",
-            where=workspace.prepared_root(ws),
-            fix="run `batchrec data prepare`, or pass --data URL",
-        )
+    ckpt = workspace.require_checkpoint(ws, cfg.model, cfg.checkpoint)
+    data = workspace.require_prepared(ws, cfg.data)
     out = cfg.out or workspace.run_dir(workspace.outputs_root(ws, cfg.model), date)
     return _Inputs(checkpoint=ckpt, data=data, out=out, date=date)
 

@@ -70,8 +70,8 @@ class TrainConfig:
         for k in ("epochs", "batch_size", "patience", "n_negatives"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 errs.append(f"{k} must be ≥ 1")
-        if self.lr <= 0:
-            errs.append("lr must be > 0")
+        if self.lr < 0:
+            errs.append("lr must be ≥ 0 (0 keeps the initial weights: a floor for the quality gate)")
         return errs
 
 
@@ -210,13 +210,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
     log.set_stage("train")
     logger = log.get("train")
     ws = workspace.root(cfg.workspace)
-    data_url = cfg.data or workspace.latest_prepared(ws)
-    if data_url is None:
-        raise UserError(
-            "no prepared dataset in the workspace",
-            where=workspace.prepared_root(ws),
-            fix="run `batchrec data prepare` first, or pass --data",
-        )
+    data_url = workspace.require_prepared(ws, cfg.data)
     out = _broadcast(cfg.out or storage.join(workspace.checkpoints_root(ws, cfg.model), workspace.stamp()), d)
     ds = PreparedDataset.open(data_url)
     device = resolve_device(cfg.device)

@@ -81,4 +81,4 @@ def test_unknown_model_and_loss_list_the_valid_ones():
         Loss("hinge", N)
     with pytest.raises(UserError, match="n_layer"):
         build("sasrec", N, {"n_layer": 2, "heads": 3})
-    assert set(SEQ_MODELS) | {"pop"} == set(MODELS)
+    assert set(SEQ_MODELS) | {"pop"} <= set(MODELS)  # tests may register extra models

@@ -53,11 +53,20 @@ class Inner:
 
 
 @dataclass
+class Checked:
+    epochs: int = 1
+
+    def validate(self) -> list[str]:
+        return [] if self.epochs >= 1 else ["epochs must be ≥ 1"]
+
+
+@dataclass
 class Outer:
     name: str = "x"
     lr: float = 1e-3
     inner: Inner = field(default_factory=Inner)
     ks: list[int] = field(default_factory=lambda: [10])
+    checked: Checked = field(default_factory=Checked)
 
 
 def test_config_reports_all_unknown_keys_at_once():
@@ -73,3 +82,24 @@ def test_config_overrides_coerce_types():
     )
     cfg = config.from_dict(Outer, data)
     assert cfg.inner.dim == 64 and cfg.lr == 0.01 and cfg.ks == [5, 10]
+
+
+def test_nested_sections_are_validated_too():
+    # A job file's stage sections are nested configs: their own checks must run (was skipped).
+    with pytest.raises(UserError, match=r"checked\.epochs must be ≥ 1"):
+        config.from_dict(Outer, {"checked": {"epochs": 0}})
+
+
+def test_latest_checkpoint_skips_runs_still_training(tmp_path):
+    from batchrec import workspace
+
+    ws = str(tmp_path)
+    for name, created, status in (("a", "2026-11-20", "done"), ("b", "2026-11-22", "training")):
+        d = storage.join(workspace.checkpoints_root(ws, "sasrec"), name)
+        storage.write_json(
+            storage.join(d, "checkpoint.json"), {"created_at": created, "metrics": {"status": status}}
+        )
+        storage.write_bytes(storage.join(d, storage.SUCCESS), b"")
+    assert workspace.latest_checkpoint(ws, "sasrec") == storage.join(
+        workspace.checkpoints_root(ws, "sasrec"), "a"
+    )
