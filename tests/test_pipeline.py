@@ -86,7 +86,7 @@ def test_bad_job_files_exit_2_naming_every_problem(tmp_path, monkeypatch):
         bad.write_text("name: x\nworkspace: ${BR_NOT_SET}\n")
         pipeline.load(str(bad))
     r = invoke(QUICKSTART, "--date", "23-11-2026")
-    assert r.exit_code == 2 and "not YYYY-MM-DD" in r.output
+    assert r.exit_code == 2 and "YYYY-MM-DD" in r.output and "23-11-2026" in r.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "outputs").exists()
 
 
