@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0
     n_negatives: int = 256  # `sampled` loss only
     model_config: dict[str, Any] = field(default_factory=dict)  # other model keys, e.g. n_layers, mask_prob
-    patience: int | None = None  # evaluations without a better valid NDCG@10; None: 8 (BERT4Rec 20)
+    patience: int | None = None  # evaluations without a better valid NDCG@10; None: 8 (BERT4Rec 40)
     eval_every_steps: int = 0  # 0: evaluate once per epoch
     eval_max_users: int = 20000  # validation users sampled per evaluation (full ranking each)
     compile: bool = False  # torch.compile the model
@@ -278,7 +278,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
     # cloze training predicts ~mask_prob of the positions per epoch, so BERT4Rec improves more slowly
-    patience = cfg.patience or (20 if cfg.model == "bert4rec" else 8)
+    patience = cfg.patience or (40 if cfg.model == "bert4rec" else 8)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     )
