@@ -56,6 +56,15 @@ class PreparedDataset:
     def n_users(self) -> int:
         return int(self.metadata["stats"]["users"])
 
+    def reference(self) -> dict[str, Any]:
+        """What a checkpoint records of the data it was trained on (see `checkpoint.check_data`)."""
+        return {
+            "url": self.url,
+            "fingerprint": self.fingerprint,
+            "item_map_fingerprint": self.metadata["item_map_fingerprint"],
+            "n_items": self.n_items,
+        }
+
     @cached_property
     def item_map(self) -> IdMap:
         t = storage.read_parquet(storage.join(self.url, schema.ITEM_MAP))

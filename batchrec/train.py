@@ -218,12 +218,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
         device = torch.device("cuda", d.local_rank)
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, ds.n_items, model_config_for(cfg))
-    data_ref = {
-        "url": data_url,
-        "fingerprint": ds.fingerprint,
-        "item_map_fingerprint": ds.metadata["item_map_fingerprint"],
-        "n_items": ds.n_items,
-    }
+    data_ref = ds.reference()
     save = dict(data=data_ref, train_config=asdict(cfg), item_ids=ds.item_map.external)
     valid = (
         SplitData.from_dataset(ds, "valid", max_users=cfg.eval_max_users, seed=cfg.seed) if d.main else None

@@ -58,12 +58,7 @@ def make_data(url: str, n_users: int, n_items: int, seed: int = 0) -> str:
 def make_checkpoint(url: str, data_url: str, dim: int) -> str:
     prepared = PreparedDataset.open(data_url)
     model = build("sasrec", prepared.n_items, {"dim": dim})
-    ref = {
-        "url": data_url,
-        "fingerprint": prepared.fingerprint,
-        "item_map_fingerprint": prepared.metadata["item_map_fingerprint"],
-        "n_items": prepared.n_items,
-    }
+    ref = prepared.reference()
     return checkpoint.save(url, model, data=ref)
 
 

@@ -65,12 +65,7 @@ register_tiny()
 def save_tiny(url: str, data_url: str, **config) -> str:
     prepared = PreparedDataset.open(data_url)
     model = TinySeq(prepared.n_items, TinyConfig(**config))
-    ref = {
-        "url": data_url,
-        "fingerprint": prepared.fingerprint,
-        "item_map_fingerprint": prepared.metadata["item_map_fingerprint"],
-        "n_items": prepared.n_items,
-    }
+    ref = prepared.reference()
     return checkpoint.save(url, model, data=ref)
 
 
