@@ -2,7 +2,8 @@
 
 Commands parse flags into stage configs and call the stage; they hold no logic. Heavy
 imports (torch, ray, faiss) happen inside the commands so `batchrec --help` stays fast.
-A `UserError` anywhere becomes one `error: …` line on stderr and exit code 2.
+A `UserError` anywhere becomes one `error: …` line on stderr and exit code 2; a
+`RetryableError` (a stalled scoring run) one line and exit code 75.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from batchrec.commands import data, evaluate, index, run, score, train
-from batchrec.errors import EXIT_USER_ERROR, UserError
+from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, UserError
 
 
 class _Group(TyperGroup):
@@ -21,6 +22,9 @@ class _Group(TyperGroup):
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
             ctx.exit(EXIT_USER_ERROR)
+        except RetryableError as e:
+            typer.echo(f"error: {e}", err=True)
+            ctx.exit(EXIT_RETRYABLE)
 
 
 app = typer.Typer(

@@ -9,14 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from batchrec import __version__, schema, storage
 from batchrec.errors import UserError
+from batchrec.ids import IdMap
 from batchrec.models import SeqRecModel, build
 
 
@@ -120,13 +122,56 @@ def load_item_ids(url: str) -> pa.Array | None:
     return storage.read_parquet(map_url).column("item_id").combine_chunks()
 
 
-def check_data(meta: dict[str, Any], item_map_fingerprint: str, n_items: int, where: str) -> None:
-    """Refuse to use a checkpoint with data whose item id map differs from the one it was trained on."""
-    data = meta.get("data", {})
-    if data.get("item_map_fingerprint") != item_map_fingerprint or int(meta.get("n_items", -1)) != n_items:
-        raise UserError(
-            f"the checkpoint's item id map (fingerprint {data.get('item_map_fingerprint')}, "
-            f"{meta.get('n_items')} items) does not match the data's ({item_map_fingerprint}, {n_items} items)",
-            where=where,
-            fix="score/evaluate with the prepared data the model was trained on, or retrain on this data",
+@dataclass(frozen=True)
+class Vocabulary:
+    """A prepared dataset's items seen through a checkpoint's item vocabulary, by external id.
+
+    Sequence models are inductive: any user's history can be encoded, so a checkpoint scores
+    data other than its training set (more users, today's histories) as long as the items are
+    translated. Items the model never saw have no vector and are dropped from histories.
+    """
+
+    items: IdMap  # the checkpoint's items: external id of model item 1..N
+    to_model: np.ndarray  # (data items + 1,) int64: data internal id → model internal id, 0 = unknown
+    data_items: int
+
+    @property
+    def known(self) -> int:
+        return int(np.count_nonzero(self.to_model[1:]))
+
+    @property
+    def identity(self) -> bool:
+        return self.data_items == len(self.items) and bool(
+            np.array_equal(self.to_model, np.arange(len(self.to_model)))
         )
+
+    def translate(self, history: np.ndarray) -> np.ndarray:
+        """A history in model ids, unknown items dropped (order kept)."""
+        mapped = self.to_model[history]
+        return mapped[mapped > 0]
+
+
+def vocabulary(
+    url: str, meta: dict[str, Any], data_item_map: IdMap, data_item_fingerprint: str
+) -> Vocabulary:
+    """Map a dataset's items onto the checkpoint at `url`; the same map is the identity."""
+    n_data = len(data_item_map)
+    if meta.get("data", {}).get("item_map_fingerprint") == data_item_fingerprint:
+        return Vocabulary(data_item_map, np.arange(n_data + 1, dtype=np.int64), n_data)
+    ids = load_item_ids(url)
+    if ids is None:
+        raise UserError(
+            "the checkpoint was trained on other items and keeps no item map to translate them",
+            where=url,
+            fix="score/evaluate with the prepared data the model was trained on, or retrain with this batchrec",
+        )
+    model_items = IdMap(ids, offset=1)
+    if ids.type != data_item_map.type:
+        raise UserError(
+            f"the data's item ids are {data_item_map.type}, the checkpoint's are {ids.type}",
+            where=url,
+            fix="prepare the data with the same item id column as the training data",
+        )
+    to_model = np.zeros(n_data + 1, dtype=np.int64)
+    to_model[1:] = np.maximum(model_items.to_internal(data_item_map.external, strict=False), 0)
+    return Vocabulary(model_items, to_model, n_data)

@@ -57,7 +57,7 @@ class PreparedDataset:
         return int(self.metadata["stats"]["users"])
 
     def reference(self) -> dict[str, Any]:
-        """What a checkpoint records of the data it was trained on (see `checkpoint.check_data`)."""
+        """What a checkpoint records of the data it was trained on (see `checkpoint.vocabulary`)."""
         return {
             "url": self.url,
             "fingerprint": self.fingerprint,
@@ -98,6 +98,14 @@ class PreparedDataset:
             items,
             seqs.column("train_len").to_numpy().astype(np.int64),
         )
+
+    def train_items(self) -> np.ndarray:
+        """Every user's training events items[:train_len], flat: all a baseline may be fit on
+        (under a time split the events after the cut are targets, not training data)."""
+        _, offsets, items, train_len = self.flat_sequences()
+        lengths = np.diff(offsets)
+        position = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
+        return items[position < np.repeat(train_len, lengths)]
 
     def split_targets(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, position, item_idx) of a split's targets; `row` indexes `flat_sequences()`."""

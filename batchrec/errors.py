@@ -1,11 +1,13 @@
-"""The one exception type for problems the user can fix.
+"""The exception types that become one `error:` line and a meaningful exit code.
 
-A `UserError` becomes one line on stderr and exit code 2 (bad input or config: a CronJob
-must not retry it). Anything else is a bug or a transient fault and exits non-zero
-otherwise, which a CronJob may retry.
+A `UserError` is bad input or config: exit code 2, and a CronJob must not retry it.
+A `RetryableError` is a fault of the moment (a stalled or lost worker): exit code 75
+(EX_TEMPFAIL), and the same command may simply be run again. Anything else is a bug or an
+unclassified fault and exits non-zero otherwise, which a CronJob may retry.
 """
 
 EXIT_USER_ERROR = 2
+EXIT_RETRYABLE = 75
 
 
 class UserError(Exception):
@@ -20,3 +22,7 @@ class UserError(Exception):
         if fix:
             msg += f" — {fix}"
         super().__init__(msg)
+
+
+class RetryableError(Exception):
+    """A run that could not finish now but may on a rerun; nothing was published."""

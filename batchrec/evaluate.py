@@ -1,8 +1,9 @@
-"""Full-ranking evaluation: every user's target is ranked against ALL items, seen items excluded.
+"""Full-ranking evaluation: every user's target is ranked against ALL items, under the
+seen-item policy that scoring uses too.
 
-The metric functions are pure (tensors/arrays in, numbers out) and tested on hand-computed
-cases; `evaluate_model` applies them to a model on a prepared split; `run(cfg)` is the
-`batchrec evaluate` stage and puts the popularity baseline beside the model.
+The metrics and the policy live in `batchrec.ranking`; `evaluate_model` applies them to a model
+on a prepared split; `run(cfg)` is the `batchrec evaluate` stage and puts the popularity
+baseline, fit on the training events, beside the model.
 """
 
 from __future__ import annotations
@@ -17,54 +18,26 @@ import torch
 from batchrec import log, workspace
 from batchrec.dataset import PreparedDataset
 from batchrec.errors import UserError
+from batchrec.ranking import (
+    DEFAULT_SEEN_POLICY,
+    TIE_RULE,
+    check_seen_policy,
+    coverage,
+    describe_seen_policy,
+    mask_seen,
+    rank_metrics,
+    seen_policy,
+    target_ranks,
+)
 
 PROTOCOL = (
     "full ranking over all {n} items (no sampled negatives); for each user with a {split} target "
-    "items[position], the history items[:position] is the input and its items are excluded from the "
-    "ranking (the target itself stays rankable); ties broken by lower internal item id; "
+    "items[position], the history items[:position] is the input; {policy}; {ties} "
+    "(rank = 1 + items scoring higher + other items scoring the same); "
     "HR@k and NDCG@k (one relevant item, binary gain) and MRR (uncut) averaged over users; "
-    "Coverage@k = distinct items in any top-k / catalogue size"
+    "Coverage@k = distinct items in any top-k / catalogue size; "
+    "popularity baseline = counts of the training events"
 )
-
-
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # (B,) int64, 1-based
-    """Rank of each target in its row; excluded items must already be -inf.
-
-    rank = 1 + #items scoring higher + #items scoring the same with a lower id, so a tie can
-    never flatter the model."""
-    t = scores.gather(1, targets[:, None])  # (B, 1)
-    ids = torch.arange(scores.shape[1], device=scores.device)[None, :]
-    ahead = (scores > t) | ((scores == t) & (ids < targets[:, None]))
-    return 1 + ahead.sum(dim=1)
-
-
-def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
-    """HR@k, NDCG@k for each k and MRR from 1-based target ranks (one relevant item per user)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    out: dict[str, float] = {}
-    if ranks.size == 0:
-        return out
-    for k in ks:
-        hit = ranks <= k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    out["MRR"] = float((1.0 / ranks).mean())
-    return out
-
-
-def coverage(topk_items: np.ndarray, n_items: int) -> float:
-    """Fraction of the catalogue (items 1..N) appearing in at least one top-k list."""
-    return float(len(np.unique(topk_items[topk_items > 0]))) / n_items
-
-
-def exclude_seen(
-    scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
-) -> None:
-    """In place: padding and every (row, item) pair get -inf, except each row's target."""
-    keep = scores.gather(1, targets[:, None])
-    scores[:, 0] = float("-inf")
-    scores[rows, items] = float("-inf")
-    scores.scatter_(1, targets[:, None], keep)
 
 
 def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
@@ -111,9 +84,16 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def history_items(self) -> np.ndarray:
-        """All items of all evaluated histories, flat (what a popularity model may count)."""
-        return self.items[ranges(self.starts, self.ends)]
+    def translated(self, vocab) -> SplitData:
+        """The split in a checkpoint's item ids (`checkpoint.Vocabulary`), as `score` sees it:
+        unknown items dropped from histories; a target the model does not know, or a user left
+        with no known item (who gets no published list), is a miss."""
+        mapped = vocab.to_model[self.items]
+        known = mapped > 0
+        new_pos = np.concatenate([[0], np.cumsum(known)])  # position in the kept items
+        starts, ends = new_pos[self.starts], new_pos[self.ends]
+        targets = np.where(ends > starts, vocab.to_model[self.targets], 0)  # 0 = padding: never ranked
+        return SplitData(len(vocab.items), mapped[known], starts, ends, targets)
 
 
 @torch.no_grad()
@@ -122,11 +102,12 @@ def evaluate_model(
     data: SplitData,
     ks: list[int],
     *,
+    policy: str = DEFAULT_SEEN_POLICY,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> dict[str, float]:
-    """HR@k, NDCG@k, MRR and Coverage@k of `model` on a split (model put in eval mode)."""
+    """HR@k, NDCG@k, MRR and Coverage@k of `model` on a split under seen-item `policy`."""
     was_training = model.training
     model.eval()
     item_vecs = model.item_embeddings().float().to(device)  # (N + 1, d)
@@ -144,9 +125,13 @@ def evaluate_model(
         seen_rows = torch.from_numpy(np.repeat(np.arange(len(starts)), seen_len)).to(device)
         seen_items = torch.from_numpy(data.items[ranges(starts, ends)]).to(device)
         targets = torch.from_numpy(data.targets[sl]).to(device)
-        exclude_seen(scores, seen_rows, seen_items, targets)
+        mask_seen(scores, seen_rows, seen_items, policy)
         ranks.append(target_ranks(scores, targets).cpu().numpy())
-        topk.append(scores.topk(min(kmax, scores.shape[1] - 1), dim=1).indices.cpu().numpy())
+        top = scores.topk(min(kmax, scores.shape[1] - 1), dim=1)
+        # a masked slot is no recommendation (a published list is shorter there), and a user with
+        # no history item the model knows gets no list at all
+        none = torch.from_numpy(seen_len == 0).to(device)[:, None]
+        topk.append(top.indices.masked_fill(torch.isneginf(top.values) | none, 0).cpu().numpy())
         bar.update(len(starts))
     bar.close()
     model.train(was_training)
@@ -167,10 +152,11 @@ class EvaluateConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     batch_size: int = 256
     device: str = "auto"
+    exclude_seen: str | None = None  # history | none; default: the checkpoint's training policy
     workspace: str | None = None
 
     def validate(self) -> list[str]:
-        errs = []
+        errs = check_seen_policy(self.exclude_seen) if self.exclude_seen is not None else []
         if self.split not in ("valid", "test"):
             errs.append(f"split: {self.split!r} is not one of 'valid', 'test'")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -199,24 +185,38 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     else:
         data_url = workspace.require_prepared(ws, cfg.data)
     ds = PreparedDataset.open(data_url)
-    checkpoint.check_data(meta, ds.metadata["item_map_fingerprint"], ds.n_items, where=ckpt)
+    vocab = checkpoint.vocabulary(ckpt, meta, ds.item_map, ds.metadata["item_map_fingerprint"])
     device = resolve_device(cfg.device)
     model, meta = checkpoint.load(ckpt, map_location=device)
     split = SplitData.from_dataset(ds, cfg.split)
+    train_items = ds.train_items()
+    if not vocab.identity:
+        log.get("evaluate").info(
+            "the data has %d items, %d known to the model: histories keep the known ones, "
+            "an unknown target is a miss", vocab.data_items, vocab.known,
+        )  # fmt: skip
+        split, train_items = split.translated(vocab), vocab.translate(train_items)
     ks = sorted(set(cfg.ks))
-    log.get("evaluate").info("evaluating %s on %s (%s, %d users)", ckpt, data_url, cfg.split, len(split))
-    metrics = evaluate_model(model, split, ks, batch_size=cfg.batch_size, device=device, progress=True)
-    pop = Popularity(ds.n_items).fit(split.history_items()).to(device)
-    baseline = evaluate_model(pop, split, ks, batch_size=cfg.batch_size, device=device)
+    policy = seen_policy(cfg.exclude_seen, meta.get("train_config"))
+    log.get("evaluate").info(
+        "evaluating %s on %s (%s, %d users, exclude_seen=%s)", ckpt, data_url, cfg.split, len(split), policy
+    )
+    opts = dict(policy=policy, batch_size=cfg.batch_size, device=device)
+    metrics = evaluate_model(model, split, ks, progress=True, **opts)
+    pop = Popularity(split.n_items).fit(train_items).to(device)
+    baseline = evaluate_model(pop, split, ks, **opts)
     return {
         "model": meta["model"],
         "checkpoint": ckpt,
         "data": data_url,
         "split": cfg.split,
         "users": len(split),
+        "exclude_seen": policy,
         "metrics": metrics,
         "baseline": {"model": "pop", "metrics": baseline},
-        "protocol": PROTOCOL.format(n=ds.n_items, split=cfg.split),
+        "protocol": PROTOCOL.format(
+            n=ds.n_items, split=cfg.split, policy=describe_seen_policy(policy), ties=TIE_RULE
+        ),
     }
 
 

@@ -21,6 +21,9 @@ second run of a finished date does nothing.
 
 The quality gate runs between evaluate and score: test NDCG@10 (`gate.metric`) below
 `gate.min_value`, or not above the popularity baseline, stops the run before anything is scored.
+A job has one seen-item policy (`exclude_seen`): `train.exclude_seen` is carried by the checkpoint
+to evaluate and score; one set under `evaluate` or `score` is copied to the other, so the gate
+judges the lists that score publishes, and it refuses an evaluation made under another policy.
 
 Exit codes (what a CronJob needs): 0 done or nothing to do; 2 bad job file or input — fix, do
 not retry; 3 the quality gate refused to publish; anything else — transient, retry.
@@ -214,6 +217,17 @@ def load(path: str, overrides: list[str] | None = None, date: str | None = None)
     train.setdefault("data", paths.prepare)
     train.setdefault("out", paths.train)
     evaluate = _section(raw, "evaluate")
+    policies = {sec["exclude_seen"] for sec in (evaluate, score) if sec.get("exclude_seen") is not None}
+    if len(policies) > 1:
+        raise UserError(
+            f"evaluate.exclude_seen {evaluate['exclude_seen']!r} and score.exclude_seen "
+            f"{score['exclude_seen']!r} differ: the gate would judge lists that are not published",
+            where=path,
+            fix="set one seen-item policy for the job (train.exclude_seen, or the same in both sections)",
+        )
+    for sec in (evaluate, score):
+        if policies:
+            sec.setdefault("exclude_seen", *policies)
     evaluate.setdefault("model", model)
     evaluate.setdefault("checkpoint", paths.train)
     evaluate.setdefault("data", paths.prepare)
@@ -459,6 +473,7 @@ def _gate(job: JobConfig, paths: RunPaths, report: RunReport) -> None:
             )
         return
     ev = storage.read_json(storage.join(paths.evaluate, EVALUATION))
+    _check_policy(job, paths, ev)
     metrics, baseline = ev.get("metrics", {}), ev.get("baseline", {}).get("metrics", {})
     if gate.metric not in metrics:
         raise UserError(
@@ -483,6 +498,28 @@ def _gate(job: JobConfig, paths: RunPaths, report: RunReport) -> None:
         raise GateFailed("; ".join(problems), report)
     report.stages.append(StageResult("gate", "passed", figures=figures))
     _log.info("quality gate passed: %s", "  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+
+
+def _check_policy(job: JobConfig, paths: RunPaths, ev: dict[str, Any]) -> None:
+    """The evaluation must have been made under the policy score publishes with: an evaluation
+    published by an earlier attempt with another policy would let the gate judge other lists."""
+    from batchrec.ranking import seen_policy
+
+    ckpt = job.evaluate.checkpoint or paths.train
+    meta_url = storage.join(ckpt, schema.CHECKPOINT_META)
+    train_config = storage.read_json(meta_url).get("train_config") if storage.exists(meta_url) else None
+    expected, found = seen_policy(job.evaluate.exclude_seen, train_config), ev.get("exclude_seen")
+    if found != expected:
+        raise UserError(
+            (
+                f"the evaluation was made under seen-item policy {found!r}"
+                if found
+                else "the evaluation records no seen-item policy (an older batchrec)"
+            )
+            + f", this job publishes under {expected!r}",
+            where=paths.evaluate,
+            fix="evaluate again: rerun the job with --force, or remove the evaluation directory",
+        )
 
 
 def _figures(stage: str, url: str) -> dict[str, Any]:

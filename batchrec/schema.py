@@ -105,6 +105,8 @@ MANIFEST_KEYS = (
     "d",
     "topk_layout",
     "retrieval",
+    "exclude_seen",
+    "vocabulary",
     "rows",
     "timings_s",
 )

@@ -13,15 +13,22 @@ One Ray Data job, the same code on a laptop (`ray.init()` starts a local Ray) an
 
 Everything is written under a staging prefix and moved into place only when complete, so a
 failed run publishes nothing and a rerun for the same date replaces the old output whole.
+
+Never hanging: the actor pool is sized from what the cluster can give now (one CPU always left
+to the read tasks) and may start with one actor; a stall watchdog stops a run in which no batch
+completes within `stall_timeout_s`, kills its actors and exits 75 (retryable). A scorer actor
+that dies (its node lost) is restarted and its batch retried; parts are named by batch, so a
+retried batch replaces its files. Any checkpoint scores any prepared data: items are matched to
+the checkpoint's vocabulary by external id (`checkpoint.vocabulary`).
 The `Scorer` is a plain callable (dict of numpy arrays → dict): it runs on one batch without
 Ray, which is how its tests and the GPU benchmark use it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -29,8 +36,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from batchrec import export, log, schema, storage, workspace
-from batchrec.errors import UserError
+from batchrec import export, log, ranking, schema, storage, workspace
+from batchrec.errors import RetryableError, UserError
 
 _log = log.get("score")
 
@@ -55,9 +62,14 @@ class ScoreConfig:
     topk_layout: Literal["lists", "exploded"] = "lists"
     retrieval: Literal["exact", "faiss"] = "exact"
     recall_sample: int = 1000  # users on which --retrieval faiss is compared with exact
-    max_retries: int = 3  # restarts of a dead scorer actor and retries of its batches
+    # Seconds without a completed batch before the run is stopped (exit 75, nothing published).
+    # None: 600 s until the first batch (actor start-up, model load), then 10× the slowest
+    # batch so far, at least 120 s.
+    stall_timeout_s: float | None = None
+    exclude_seen: str | None = None  # history | none; default: the checkpoint's training policy
     # Test-only fault injection: "kill-once:PATH" kills the scorer process on the first batch
-    # while PATH does not exist (and creates it); "raise" fails every batch.
+    # while PATH does not exist (and creates it); "raise" fails every batch; "hang" blocks forever;
+    # "slow:S" sleeps S seconds per batch.
     fault: str | None = None
 
     def validate(self) -> list[str]:
@@ -68,6 +80,10 @@ class ScoreConfig:
             errs.append(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.num_workers is not None and self.num_workers < 1:
             errs.append(f"num_workers must be ≥ 1, got {self.num_workers}")
+        if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
+            errs.append(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
+        if self.exclude_seen is not None:
+            errs += ranking.check_seen_policy(self.exclude_seen)
         if self.date is not None:
             try:
                 dt.date.fromisoformat(self.date)
@@ -93,6 +109,9 @@ def left_pad(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.
 class Scorer:
     """Load a checkpoint once; map a batch {user_idx, items} to vectors and top-k unseen items.
 
+    Histories are in the checkpoint's internal item ids. Under `exclude_seen="history"` every
+    history item is masked; under `"none"` only padding is (repeats may be recommended).
+
     Returns internal ids: user_idx (B,), embedding (B, d) float32, topk_items (B, k) int32 and
     topk_scores (B, k) float32 in rank order; a slot with score -inf is a masked item (the user
     has fewer than k unseen items). On CUDA the encoder runs under bf16 autocast; the vectors
@@ -111,6 +130,7 @@ class Scorer:
         item_chunk: int = 32768,
         threads: int | None = None,
         retrieval: str = "exact",
+        exclude_seen: str = ranking.DEFAULT_SEEN_POLICY,
         fault: str | None = None,
     ):
         import torch
@@ -126,6 +146,7 @@ class Scorer:
         self.n_items = self.items.shape[0] - 1
         self.k = min(k, self.n_items)
         self.encode_batch, self.user_chunk, self.item_chunk = encode_batch, user_chunk, item_chunk
+        self.mask_history = exclude_seen == "history"
         self.fault = fault
         self.index = None
         if retrieval == "faiss":
@@ -158,9 +179,11 @@ class Scorer:
         return out
 
     def topk(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the catalogue by chunked matmul, seen items and padding masked."""
+        """Exact top-k over the catalogue by chunked matmul, padding (and seen items) masked."""
         import torch
 
+        if not self.mask_history:
+            histories = [h[:0] for h in histories]
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         seen_rows = torch.from_numpy(np.repeat(np.arange(len(histories)), lengths)).to(self.device)
         seen_items = torch.from_numpy(
@@ -198,6 +221,8 @@ class Scorer:
         from batchrec import ann
 
         queries = users.float().cpu().numpy()
+        if not self.mask_history:
+            histories = [h[:0] for h in histories]
         fetch = min(self.n_items, self.k + max((len(h) for h in histories), default=0))
         _, rows = ann.search(self.index, queries, fetch)
         cand = rows + 1  # internal ids; 0 where FAISS found fewer than `fetch`
@@ -228,6 +253,10 @@ class Scorer:
             return
         if self.fault == "raise":
             raise RuntimeError("injected scoring fault (fault=raise)")
+        if self.fault == "hang":
+            threading.Event().wait()
+        if self.fault.startswith("slow:"):
+            time.sleep(float(self.fault.partition(":")[2]))
         kind, _, path = self.fault.partition(":")
         if kind == "kill-once" and not os.path.exists(path):
             open(path, "w").close()
@@ -235,20 +264,64 @@ class Scorer:
 
 
 class ScoreWriter:
-    """The Ray Data actor: a Scorer plus the id maps; writes each batch as Parquet parts, returns counts."""
+    """The Ray Data actor: a Scorer plus the id maps; writes each batch as Parquet parts, returns counts.
+
+    Histories arrive in the data's item ids and are translated to the checkpoint's; a user left
+    with no item the model knows gets no row (counted as `skipped`)."""
 
     def __init__(self, checkpoint: str, data: str, run_url: str, layout: str, scorer_kwargs: dict[str, Any]):
+        from batchrec import checkpoint as ckpt
         from batchrec.dataset import PreparedDataset
 
         self.scorer = Scorer(checkpoint, **scorer_kwargs)
         prepared = PreparedDataset.open(data)
-        self.user_map, self.item_map = prepared.user_map, prepared.item_map
+        self.user_map = prepared.user_map
+        # Built here from the URLs rather than shipped: small constructor arguments stay inline,
+        # so a restarted actor never depends on an object that died with a node.
+        self.vocab = ckpt.vocabulary(
+            checkpoint,
+            ckpt.read_meta(checkpoint),
+            prepared.item_map,
+            prepared.metadata["item_map_fingerprint"],
+        )
         self.run_url, self.layout = run_url, layout
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        scored = self.scorer(batch)
-        n = export.write_part(self.run_url, scored, self.user_map, self.item_map, self.layout)
-        return {"users": np.array([n], dtype=np.int64)}
+        # A failure comes back as a row, not as an exception: the driver then stops every actor
+        # with force at once, instead of Ray Data releasing them whenever its handles are collected.
+        try:
+            return self._score(batch)
+        except Exception as e:
+            _log.exception("scoring a batch failed")
+            return {**self._counts(0, 0, 0), "error": np.array([f"{type(e).__name__}: {e}"], dtype=object)}
+
+    def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        histories = [np.asarray(h, dtype=np.int64) for h in batch["items"]]
+        n_events = sum(len(h) for h in histories)
+        if not self.vocab.identity:
+            histories = [self.vocab.translate(h) for h in histories]
+        keep = np.array([len(h) > 0 for h in histories], dtype=bool)
+        users = np.asarray(batch["user_idx"])[keep]
+        kept = [h for h, k in zip(histories, keep, strict=True) if k]
+        n = 0
+        if len(kept):
+            scored = self.scorer({"user_idx": users, "items": kept})
+            n = export.write_part(self.run_url, scored, self.user_map, self.vocab.items, self.layout)
+        dropped = n_events - sum(len(h) for h in histories)
+        return {**self._counts(n, int((~keep).sum()), dropped), "error": np.array([""], dtype=object)}
+
+    def _counts(self, users: int, skipped: int, dropped_items: int) -> dict[str, np.ndarray]:
+        """One row per batch: counts, and where it ran (the manifest says which nodes scored)."""
+        import ray
+
+        where = ray.get_runtime_context()
+        return {
+            "users": np.array([users], dtype=np.int64),
+            "skipped": np.array([skipped], dtype=np.int64),
+            "dropped_items": np.array([dropped_items], dtype=np.int64),
+            "node": np.array([where.get_node_id()], dtype=object),
+            "actor": np.array([where.get_actor_id()], dtype=object),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,21 +346,6 @@ def resolve(cfg: ScoreConfig) -> _Inputs:
     return _Inputs(checkpoint=ckpt, data=data, out=out, date=date)
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None):
-    """Join `address` (or RAY_ADDRESS), else start a local Ray; shut down only what we started."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _pyarrow_fs(url: str):
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -307,22 +365,31 @@ def _check_writable(out: str) -> None:
         ) from e
 
 
-def _workers(cfg: ScoreConfig) -> tuple[int, float]:
-    import ray
+@dataclass(frozen=True)
+class Pool:
+    min_size: int
+    max_size: int
+    gpus: float
 
-    res = ray.cluster_resources()
-    gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if res.get("GPU") else 0.0)
-    if cfg.num_workers:
-        return cfg.num_workers, gpus
+
+def pool_size(cfg: ScoreConfig, available: dict[str, float], total: dict[str, float]) -> Pool:
+    """The scorer actor pool, from what the cluster can give NOW (not its total: a previous run's
+    actors or another job may hold some of it). One CPU always stays free for the read tasks,
+    or the actors would take every CPU and the reads would wait forever (ray-project/ray#44687).
+    The pool starts with one actor and grows to `max_size` as resources free up; an explicit
+    `num_workers` is a fixed pool."""
+    gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if total.get("GPU") else 0.0)
+    if cfg.num_workers:  # asked for: wait for all of them (the stall watchdog bounds the wait)
+        return Pool(cfg.num_workers, cfg.num_workers, gpus)
     if gpus:
-        return max(1, int(res["GPU"] // gpus)), gpus
-    # Leave one CPU for the read tasks and the driver, or the actors would starve them.
-    return max(1, int((res.get("CPU", 1) - 1) // cfg.cpus_per_worker)), gpus
+        return Pool(1, max(1, int(available.get("GPU", 0) // gpus)), gpus)
+    return Pool(1, max(1, int((available.get("CPU", 0) - 1) // cfg.cpus_per_worker)), gpus)
 
 
 def run(cfg: ScoreConfig) -> str:
     """Score every user of the prepared data with the checkpoint; publish the run; return its URL."""
     from batchrec import checkpoint as ckpt
+    from batchrec import cluster
     from batchrec.dataset import PreparedDataset
 
     log.set_stage("score")
@@ -336,30 +403,35 @@ def run(cfg: ScoreConfig) -> str:
             fix=f"pass --model {meta.get('model')} or another --checkpoint",
         )
     prepared = PreparedDataset.open(inputs.data)
-    ckpt.check_data(meta, prepared.metadata["item_map_fingerprint"], prepared.n_items, inputs.checkpoint)
-    if cfg.k > prepared.n_items:
+    vocab = ckpt.vocabulary(
+        inputs.checkpoint, meta, prepared.item_map, prepared.metadata["item_map_fingerprint"]
+    )
+    n_items = len(vocab.items)
+    if cfg.k > n_items:
         raise UserError(
-            f"k={cfg.k} is larger than the catalogue ({prepared.n_items} items)",
-            where=inputs.data,
-            fix=f"use --k {prepared.n_items} or less",
+            f"k={cfg.k} is larger than the catalogue ({n_items} items)",
+            where=inputs.checkpoint,
+            fix=f"use --k {n_items} or less",
         )
+    policy = ranking.seen_policy(cfg.exclude_seen, meta.get("train_config"))
     n_users = prepared.n_users
     _log.info(
-        "scoring %s users × %s items, k=%s: %s → %s",
-        f"{n_users:,}",
-        f"{prepared.n_items:,}",
-        cfg.k,
-        inputs.checkpoint,
-        inputs.out,
-    )
+        "scoring %s users × %s items, k=%s, exclude_seen=%s: %s → %s",
+        f"{n_users:,}", f"{n_items:,}", cfg.k, policy, inputs.checkpoint, inputs.out,
+    )  # fmt: skip
+    if not vocab.identity:
+        _log.info(
+            "the data has %s items, %s of them known to the model; unknown items are dropped from histories",
+            f"{vocab.data_items:,}", f"{vocab.known:,}",
+        )  # fmt: skip
 
     _check_writable(inputs.out)
     timings: dict[str, float] = {}
-    with ray_session(cfg.ray_address), storage.staged_dir(inputs.out) as stage:
+    with cluster.session(cfg.ray_address) as owned, storage.staged_dir(inputs.out) as stage:
         t0 = time.monotonic()
         driver_scorer = Scorer(inputs.checkpoint, k=cfg.k, device="cpu")
         d = driver_scorer.d
-        item_table = export.item_embeddings_table(driver_scorer.item_vectors(), prepared.item_map)
+        item_table = export.item_embeddings_table(driver_scorer.item_vectors(), vocab.items)
         storage.write_parquet(item_table, storage.join(stage, schema.ITEM_EMBEDDINGS, export.part_name(0)))
         del driver_scorer, item_table
         timings["item_embeddings"] = time.monotonic() - t0
@@ -367,7 +439,7 @@ def run(cfg: ScoreConfig) -> str:
         recall = None
         if cfg.retrieval == "faiss":
             t0 = time.monotonic()
-            recall = measure_recall(inputs, cfg.k, cfg.recall_sample)
+            recall = measure_recall(inputs, cfg.k, cfg.recall_sample, vocab, policy)
             timings["recall"] = time.monotonic() - t0
             _log.info(
                 "faiss recall@%d against exact on %d users: %.4f", cfg.k, recall["users"], recall["recall"]
@@ -375,23 +447,34 @@ def run(cfg: ScoreConfig) -> str:
 
         t0 = time.monotonic()
         n_events = int(prepared.metadata["stats"].get("interactions") or 50 * n_users)
-        n_scored = _score_users(cfg, inputs, stage, n_users, n_events)
+        counts = _score_users(cfg, inputs, stage, policy, n_users, n_events, owned)
         timings["score_users"] = time.monotonic() - t0
 
         rows = {
             "users": n_users,
-            "items": prepared.n_items,
+            "items": n_items,
             schema.USER_EMBEDDINGS: export.count_rows(storage.join(stage, schema.USER_EMBEDDINGS)),
             schema.ITEM_EMBEDDINGS: export.count_rows(storage.join(stage, schema.ITEM_EMBEDDINGS)),
             schema.TOPK: export.count_rows(storage.join(stage, schema.TOPK)),
         }
-        # The part files are the truth: named per batch, a retried batch cannot add rows twice.
-        written = rows[schema.USER_EMBEDDINGS]
-        if written != n_users or (cfg.topk_layout == "lists" and rows[schema.TOPK] != n_users):
+        # The part files are the truth: named per batch, a retried batch cannot add rows twice;
+        # every user is either written or counted as having no known item, never both or neither.
+        written, expected = rows[schema.USER_EMBEDDINGS], n_users - counts["skipped"]
+        if (
+            counts["users"] + counts["skipped"] != n_users
+            or written != expected
+            or (cfg.topk_layout == "lists" and rows[schema.TOPK] != expected)
+        ):
             raise RuntimeError(
-                f"incomplete scoring: {written} user rows and {rows[schema.TOPK]} top-k rows written "
-                f"({n_scored} reported by the workers), {n_users} expected — nothing published"
+                f"incomplete scoring: {written} user rows and {rows[schema.TOPK]} top-k rows written, "
+                f"{counts['users']} scored and {counts['skipped']} skipped as reported by the workers, "
+                f"{n_users} users in the data — nothing published"
             )
+        if counts["skipped"] or counts["dropped_items"]:
+            _log.info(
+                "%s users have no item the model knows and get no list; %s history events of unknown items dropped",
+                f"{counts['skipped']:,}", f"{counts['dropped_items']:,}",
+            )  # fmt: skip
         timings["total"] = time.monotonic() - t_start
         storage.write_json(
             storage.join(stage, schema.MANIFEST),
@@ -407,7 +490,15 @@ def run(cfg: ScoreConfig) -> str:
                 d=d,
                 topk_layout=cfg.topk_layout,
                 retrieval=cfg.retrieval,
+                exclude_seen=policy,
+                vocabulary={
+                    "items_in_data": vocab.data_items,
+                    "items_known_to_model": vocab.known,
+                    "history_events_dropped": counts["dropped_items"],
+                    "users_without_known_items": counts["skipped"],
+                },
                 rows=rows,
+                cluster={"nodes": counts["nodes"], "scorer_actors": counts["actors"]},
                 timings_s={k: round(v, 3) for k, v in timings.items()},
                 retrieval_recall=recall,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -416,7 +507,7 @@ def run(cfg: ScoreConfig) -> str:
         )
     _log.info(
         "scored %s users in %.1fs (%s users/s) → %s",
-        f"{n_users:,}",
+        f"{counts['users']:,}",
         timings["score_users"],
         f"{n_users / max(timings['score_users'], 1e-9):,.0f}",
         inputs.out,
@@ -424,15 +515,17 @@ def run(cfg: ScoreConfig) -> str:
     return inputs.out
 
 
-def measure_recall(inputs: _Inputs, k: int, sample: int) -> dict[str, Any]:
+def measure_recall(inputs: _Inputs, k: int, sample: int, vocab, policy: str) -> dict[str, Any]:
     """Recall@k of the FAISS top-k against the exact one on the first `sample` users."""
     import pyarrow.parquet as pq
 
     with storage.open_url(storage.join(inputs.data, schema.SEQUENCES)) as f:
         first = next(pq.ParquetFile(f).iter_batches(batch_size=sample, columns=["user_idx", "items"]))
-    batch = {"user_idx": first.column(0).to_numpy(), "items": first.column(1).to_numpy(zero_copy_only=False)}
-    exact = Scorer(inputs.checkpoint, k=k, device="cpu")(batch)
-    approx = Scorer(inputs.checkpoint, k=k, device="cpu", retrieval="faiss")(batch)
+    histories = [vocab.translate(np.asarray(h, dtype=np.int64)) for h in first.column(1).to_pylist()]
+    histories = [h for h in histories if len(h)]
+    batch = {"user_idx": np.arange(len(histories)), "items": histories}
+    exact = Scorer(inputs.checkpoint, k=k, device="cpu", exclude_seen=policy)(batch)
+    approx = Scorer(inputs.checkpoint, k=k, device="cpu", retrieval="faiss", exclude_seen=policy)(batch)
     hits = total = 0
     for e_items, e_scores, a_items in zip(
         exact["topk_items"], exact["topk_scores"], approx["topk_items"], strict=True
@@ -440,11 +533,21 @@ def measure_recall(inputs: _Inputs, k: int, sample: int) -> dict[str, Any]:
         want = set(e_items[np.isfinite(e_scores)].tolist())
         hits += len(want & set(a_items.tolist()))
         total += len(want)
-    return {"recall": hits / max(total, 1), "k": k, "users": len(batch["user_idx"])}
+    return {"recall": hits / max(total, 1), "k": k, "users": len(histories)}
 
 
-def _score_users(cfg: ScoreConfig, inputs: _Inputs, stage: str, n_users: int, n_events: int) -> int:
+def _score_users(
+    cfg: ScoreConfig,
+    inputs: _Inputs,
+    stage: str,
+    policy: str,
+    n_users: int,
+    n_events: int,
+    owned: bool,
+) -> dict[str, Any]:
     import ray
+
+    from batchrec import cluster
 
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.target_max_block_size
@@ -453,41 +556,102 @@ def _score_users(cfg: ScoreConfig, inputs: _Inputs, stage: str, n_users: int, n_
     # leaving the other actors idle and the progress line silent until the very end.
     bytes_per_user = 16 + 4 * n_events / max(n_users, 1)
     ctx.target_max_block_size = max(64 << 10, int(bytes_per_user * cfg.batch_size))
+    before = ray.available_resources()
+    ok = False
     try:
-        return _execute(cfg, inputs, stage, n_users)
+        with cluster.Watchdog(cfg.stall_timeout_s).watching() as watchdog:
+            try:
+                counts = _execute(
+                    cfg, inputs, stage, policy, n_users, watchdog, ray.cluster_resources(), before
+                )
+                ok = True
+                return counts
+            finally:
+                if not ok:
+                    watchdog.stop()
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
+        if not owned:  # a cluster that outlives this run gets every CPU and GPU back
+            cluster.wait_released(before, timeout_s=10 if ok else 60)
 
 
-def _execute(cfg: ScoreConfig, inputs: _Inputs, stage: str, n_users: int) -> int:
+def _execute(
+    cfg: ScoreConfig,
+    inputs: _Inputs,
+    stage: str,
+    policy: str,
+    n_users: int,
+    watchdog,
+    total: dict[str, float],
+    available: dict[str, float],
+) -> dict[str, Any]:
     import ray
 
-    workers, gpus = _workers(cfg)
+    pool = pool_size(cfg, available, total)
     fs, path = _pyarrow_fs(storage.join(inputs.data, schema.SEQUENCES))
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["user_idx", "items"])
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["user_idx", "items"])
     scorer_kwargs = {
         "k": cfg.k,
-        "device": "cuda" if gpus else "cpu",
-        "threads": None if gpus else (cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker))),
+        "device": "cuda" if pool.gpus else "cpu",
+        "threads": None if pool.gpus else (cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker))),
         "retrieval": cfg.retrieval,
+        "exclude_seen": policy,
         "fault": cfg.fault,
     }
     ds = ds.map_batches(
         ScoreWriter,
         fn_constructor_args=(inputs.checkpoint, inputs.data, stage, cfg.topk_layout, scorer_kwargs),
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.max_size
+        ),
+        num_gpus=pool.gpus,
         num_cpus=cfg.cpus_per_worker,
-        max_restarts=cfg.max_retries,
-        max_task_retries=cfg.max_retries,
     )
-    _log.info("scorer actors: %d × (%s CPU, %s GPU)", workers, cfg.cpus_per_worker, gpus)
-    n = 0
+    _log.info(
+        "scorer actors: %d to %d × (%s CPU, %s GPU); stall timeout %s",
+        pool.min_size, pool.max_size, cfg.cpus_per_worker, pool.gpus,
+        f"{cfg.stall_timeout_s:g} s" if cfg.stall_timeout_s else "auto",
+    )  # fmt: skip
+    counts = {"users": 0, "skipped": 0, "dropped_items": 0}
+    nodes: set[str] = set()
+    actors: set[str] = set()
+    failure: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                errors = [e for e in batch["error"] if e]
+                if errors:
+                    watchdog.stop()
+                    failure.append(RuntimeError(f"a scorer failed, nothing was published: {errors[0]}"))
+                    return
+                for key in counts:
+                    counts[key] += int(batch[key].sum())
+                nodes.update(batch["node"].tolist())
+                actors.update(batch["actor"].tolist())
+                watchdog.batch_done()
+                progress.update(int(batch["users"].sum() + batch["skipped"].sum()))
+        except BaseException as e:  # handed to the driver thread, which raises it
+            failure.append(e)
+
+    # The driver thread only watches: the iteration runs beside it, so a wait inside Ray Data
+    # can never keep the driver from ending the run.
     with log.Progress(n_users, "score", unit="users") as progress:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            done = int(batch["users"].sum())
-            n += done
-            progress.update(done)
-        _log.info(progress.line())
-    return n
+        consumer = threading.Thread(target=consume, name="batchrec-score", daemon=True)
+        consumer.start()
+        while consumer.is_alive():
+            consumer.join(timeout=min(1.0, watchdog.limit() / 10))
+            if consumer.is_alive() and watchdog.check():
+                consumer.join(timeout=30)
+                break
+        if watchdog.stalled:
+            raise RetryableError(
+                f"scoring stalled: {watchdog.stalled}; its actors were stopped and nothing was published — "
+                "rerun the same command (check the cluster's free CPUs/GPUs and the scorer logs "
+                "if it stalls again, or raise --stall-timeout-s)"
+            )
+        if failure:
+            raise failure[0]
+    _log.info("scored on %d node(s) by %d scorer actor(s)", len(nodes), len(actors))
+    return {**counts, "nodes": len(nodes), "actors": len(actors)}

@@ -4,9 +4,10 @@
     torchrun --nproc_per_node=2 -m batchrec train --model sasrec --data DATA --out CKPT
 
 Each user's training history items[:train_len] is cut into max_len windows from its end.
-Causal models (SASRec, GRU4Rec) predict the next item at every position; BERT4Rec predicts
-cloze-masked items. After every epoch (or every `eval_every_steps` steps) rank 0 computes
-validation NDCG@10 with full ranking, keeps the best weights, appends a line to
+Causal models (SASRec, GRU4Rec) predict the next item at every position that has an item
+before it; BERT4Rec predicts cloze-masked items. After every epoch (or every `eval_every_steps`
+steps) rank 0 computes validation NDCG@10 with full ranking under `exclude_seen` (the policy
+the checkpoint then carries to evaluate and score), keeps the best weights, appends a line to
 `{out}.metrics.jsonl`, and republishes `{out}` atomically: model.pt = best weights so far,
 train_state.pt = the latest weights + optimizer + epoch + best metric + patience, which is
 what `--resume` continues from. Randomness (shuffling, dropout, masks, negatives) is reseeded
@@ -31,9 +32,10 @@ from torch import nn
 from batchrec import checkpoint, log, storage, workspace
 from batchrec.dataset import PreparedDataset
 from batchrec.errors import UserError
-from batchrec.evaluate import SplitData, evaluate_model, left_padded, ranges, resolve_device
+from batchrec.evaluate import SplitData, evaluate_model, left_padded, resolve_device
 from batchrec.models import SeqRecModel, build, model_class
 from batchrec.models.losses import LOSSES, Loss
+from batchrec.ranking import DEFAULT_SEEN_POLICY, check_seen_policy
 
 
 @dataclass
@@ -51,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     n_negatives: int = 256  # `sampled` loss only
+    exclude_seen: str = DEFAULT_SEEN_POLICY  # history | none: for validation, then evaluate/score
     model_config: dict[str, Any] = field(default_factory=dict)  # other model keys, e.g. n_layers, mask_prob
     patience: int | None = None  # evaluations without a better valid NDCG@10; None: 8 (BERT4Rec 40)
     eval_every_steps: int = 0  # 0: evaluate once per epoch
@@ -64,7 +67,7 @@ class TrainConfig:
     workspace: str | None = None
 
     def validate(self) -> list[str]:
-        errs = []
+        errs = check_seen_policy(self.exclude_seen)
         if self.loss not in LOSSES:
             errs.append(f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
         for k in ("epochs", "batch_size", "patience", "n_negatives"):
@@ -118,46 +121,66 @@ def model_config_for(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def training_matrix(ds: PreparedDataset, width: int, overlap: int) -> np.ndarray:
-    """(windows, width) int64, left-padded: each user's items[:train_len] cut into windows from
-    the end, consecutive windows sharing `overlap` items, so every training item is predicted
-    once per epoch even when histories are longer than the model's max_len."""
+def training_matrix(ds: PreparedDataset, width: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, width) int64, left-padded, and each window's user row: every user's
+    items[:train_len] cut into windows from the end, consecutive windows sharing `overlap` items,
+    so every training item is predicted once per epoch even when histories are longer than the
+    model's max_len."""
     _, offsets, items, train_len = ds.flat_sequences()
     return windows(items, offsets[:-1], train_len, width, overlap)
 
 
 def windows(
     items: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, overlap: int
-) -> np.ndarray:
-    """`training_matrix` on flat arrays: history i is items[starts[i] : starts[i] + lengths[i]]."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """`training_matrix` on flat arrays: history i is items[starts[i] : starts[i] + lengths[i]].
+
+    A window of one item is dropped: its item would be a target with no input to predict it from."""
     step = width - overlap
     n_windows = np.maximum(np.ceil((lengths - overlap) / step).astype(np.int64), 0)
     user = np.repeat(np.arange(len(lengths)), n_windows)
     back = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     ends = starts[user] + lengths[user] - back * step
-    return left_padded(items, np.maximum(ends - width, starts[user]), ends, width)
+    begins = np.maximum(ends - width, starts[user])
+    keep = ends - begins >= 2
+    return left_padded(items, begins[keep], ends[keep], width), user[keep]
 
 
 class Objective(nn.Module):
     """Model + loss as one module, so DDP sees one forward per step.
 
-    `trim_padding` drops the batch's all-padding columns (a large saving with short histories);
-    it is off under torch.compile, where a data-dependent width would recompile every step."""
+    `users` (B,) names each window's user row, for losses that draw negatives outside the user's
+    own items. `trim_padding` drops the batch's all-padding columns (a large saving with short
+    histories); it is off under torch.compile, where a data-dependent width would recompile
+    every step."""
 
     def __init__(self, model: SeqRecModel, loss: Loss, trim_padding: bool = True):
         super().__init__()
         self.model, self.loss, self.trim_padding = model, loss, trim_padding
 
-    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(
+        self, batch: torch.Tensor, generator: torch.Generator, users: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pick, vecs, targets = self.targets(batch, generator)
+        owners = users[:, None].expand_as(targets)[pick] if users is not None else None
+        return self.loss(vecs[pick], targets[pick], self.model.item_embeddings(), generator, owners)
+
+    def targets(self, batch: torch.Tensor, generator: torch.Generator | None = None):
+        """(pick, vectors, targets): the positions trained on, (B, T) bool, and what they predict.
+
+        A target needs an input: causally, a real item before it (a user's first item follows only
+        padding); under cloze masking `mask_items` always leaves one item of a window unmasked."""
         if self.trim_padding:
             batch = batch[:, int((batch > 0).any(dim=0).to(torch.int8).argmax()) :]
         if self.model.causal:
-            vecs, targets = self.model.sequence_vectors(batch[:, :-1]), batch[:, 1:]
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            vecs = self.model.sequence_vectors(inputs)
+            pick = (targets > 0) & (inputs > 0)
         else:
             inputs, targets = self.model.mask_items(batch, generator)
             vecs = self.model.sequence_vectors(inputs)
-        pick = targets > 0
-        return self.loss(vecs[pick], targets[pick], self.model.item_embeddings(), generator)
+            pick = targets > 0
+        return pick, vecs, targets
 
 
 def warm_start(model: SeqRecModel, url: str, ds: PreparedDataset) -> int:
@@ -225,10 +248,9 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
     )
 
     if cfg.model == "pop":
-        _, offsets, items, train_len = ds.flat_sequences()
-        model.fit(items[ranges(offsets[:-1], offsets[:-1] + train_len)])
+        model.fit(ds.train_items())
         if d.main:
-            metrics = evaluate_model(model, valid, [10, 20])
+            metrics = evaluate_model(model, valid, [10, 20], policy=cfg.exclude_seen)
             checkpoint.save(out, model, metrics={"valid": metrics, "status": "done"}, **save)
             logger.info("popularity: valid NDCG@10 %.4f → %s", metrics["NDCG@10"], out)
         if d.world > 1:
@@ -237,11 +259,14 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
 
     causal = model.causal
     width = model.max_len + (1 if causal else 0)
-    train_mat = training_matrix(ds, width, overlap=1 if causal else 0)
+    train_mat, train_users = training_matrix(ds, width, overlap=1 if causal else 0)
     if len(train_mat) == 0:
         raise UserError("no user has a training history long enough", where=data_url)
     counts = torch.from_numpy(np.bincount(train_mat.ravel(), minlength=ds.n_items + 1)[: ds.n_items + 1])
-    loss_fn = Loss(cfg.loss, ds.n_items, cfg.n_negatives, counts)
+    # bce draws each negative outside the user's own training items, as the SASRec code does
+    train_len = ds.flat_sequences()[3]
+    own = (np.concatenate([[0], np.cumsum(train_len)]), ds.train_items()) if cfg.loss == "bce" else None
+    loss_fn = Loss(cfg.loss, ds.n_items, cfg.n_negatives, counts, user_items=own)
 
     if cfg.warm_start and not cfg.resume:
         carried = warm_start(model, cfg.warm_start, ds)
@@ -269,8 +294,10 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
     if cfg.compile:
         objective = torch.compile(objective)
     if d.world > 1:
+        # The loss's buffers are constants of the data (log popularity, users' item sets), the same
+        # on every rank: broadcasting them every step would only cost bandwidth.
         objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
+            objective, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
     # cloze training predicts ~mask_prob of the positions per epoch, so BERT4Rec improves more slowly
     patience = cfg.patience or (40 if cfg.model == "bert4rec" else 8)
@@ -293,7 +320,7 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
         nonlocal best_weights
         stop = False
         if d.main:
-            m = evaluate_model(model, valid, [10, 20], device=device)
+            m = evaluate_model(model, valid, [10, 20], policy=cfg.exclude_seen, device=device)
             record = {"epoch": state["epoch"], "step": state["step"], "loss": epoch_loss,
                       "seqs_per_s": seqs_per_s, **{f"valid_{k}": v for k, v in m.items()}}  # fmt: skip
             if m["NDCG@10"] > state["best"]:
@@ -331,9 +358,11 @@ def _run(cfg: TrainConfig, d: _Dist) -> str:
         total, n_batches = 0.0, 0
         bar = log.Progress(len(order), desc=f"epoch {epoch + 1}", unit="seqs", enabled=d.main)
         for lo in range(0, len(order), cfg.batch_size):
-            batch = torch.from_numpy(train_mat[order[lo : lo + cfg.batch_size]]).to(device)
+            rows = order[lo : lo + cfg.batch_size]
+            batch = torch.from_numpy(train_mat[rows]).to(device)
+            users = torch.from_numpy(train_users[rows]).to(device)
             with autocast:
-                loss = objective(batch, gen)
+                loss = objective(batch, gen, users)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

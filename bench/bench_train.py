@@ -3,7 +3,8 @@
     python bench/bench_train.py --runs sasrec:ce:0 bert4rec:ce:0 --out /tmp/bench-train
 
 Protocol (bench/ml100k.py): LOO, ties in time kept in file order, no k-core, full ranking,
-seen items excluded, model selected on VALID NDCG@10 (early stopping), reported on TEST.
+the checkpoint's seen-item policy (default `history`), ties counted against the model, model
+selected on VALID NDCG@10 (early stopping), reported on TEST.
 Each finished run appends one JSON line to {out}/results.jsonl (so a long sweep can be polled),
 and the script ends with a table: mean over seeds per model/loss, with the popularity baseline.
 """

@@ -163,7 +163,7 @@ def main() -> int:
     print(f"gpu_check on {summary['device']} (torch {torch.__version__}), data {shape}")
 
     items, starts, lengths = synthetic(shape["users"], shape["items"], shape["mean_len"])
-    mat = windows(items, starts, lengths - 2, shape["max_len"] + 1, overlap=1)  # LOO: last two held out
+    mat, _ = windows(items, starts, lengths - 2, shape["max_len"] + 1, overlap=1)  # LOO: last two held out
     summary["train_windows"] = len(mat)
     torch.manual_seed(0)
     model = SASRec(shape["items"], SASRecConfig(dim=64, n_layers=2, heads=2, max_len=shape["max_len"])).to(

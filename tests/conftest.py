@@ -10,6 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+# A local Ray started by a test binds to 127.0.0.1 only (with this on, Ray would take the
+# machine's outward address); tests/localcluster.py turns it back on for multi-node clusters.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BATCHREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -140,6 +140,21 @@ def test_min_rating_metadata_and_stats_command(tmp_path):
     assert "interactions" in table and "split train" in table
 
 
+def test_stats_report_targets_that_repeat_their_history_and_train_items(tmp_path):
+    # loo: u's valid target a repeats [a, b]; v's test target b repeats [b, c, d]; w's test target a
+    # repeats [a, b, c]
+    rows = [("u", i, t) for t, i in enumerate("abac")] + [("v", i, t) for t, i in enumerate("bcdb")]
+    rows += [("w", i, t) for t, i in enumerate("abca")]
+    ds = _prepare(_csv(tmp_path, rows), str(tmp_path / "o"), "--split", "loo")
+    res = runner.invoke(app, ["data", "stats", str(tmp_path / "o"), "--json"])
+    assert json.loads(res.output)["repeat_targets"] == {
+        "valid": pytest.approx(1 / 3),
+        "test": pytest.approx(2 / 3),
+    }
+    assert "repeat_targets test" in runner.invoke(app, ["data", "stats", str(tmp_path / "o")]).output
+    assert ds.train_items().tolist() == [1, 2, 2, 3, 1, 2]  # a=1, b=2, c=3: the first two of each user
+
+
 def test_default_out_in_workspace(tmp_path):
     (tmp_path / "ml-100k").mkdir()
     src = tmp_path / "ml-100k" / "u.data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,12 +29,24 @@ def test_interface_shapes_and_inner_product_scores(name):
     assert torch.isfinite(users).all()
 
 
-@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
-def test_transformer_user_vector_ignores_extra_left_padding(name):
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_user_vector_ignores_extra_left_padding(name):
     m = _model(name)
     short = m.encode(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
     padded = m.encode(torch.tensor([[0, 0, 0, 0, 3, 4, 5]]), torch.tensor([3]))
     torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_gru4rec_vectors_do_not_depend_on_the_batch_padding():
+    # the same history alone, and beside a longer one that gives it four columns of padding
+    m = _model("gru4rec")
+    alone = m.encode(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
+    in_batch = m.encode(torch.tensor([[0, 0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7]]), torch.tensor([3, 7]))
+    torch.testing.assert_close(in_batch[:1], alone, atol=1e-6, rtol=0)
+    # per position too, as training reads them: column t has seen the items up to t
+    steps = m.sequence_vectors(torch.tensor([[0, 0, 3, 4, 5]]))
+    torch.testing.assert_close(steps[:, 2:], m.sequence_vectors(torch.tensor([[3, 4, 5]])), atol=1e-6, rtol=0)
+    torch.testing.assert_close(steps[:, -1], alone, atol=1e-6, rtol=0)
 
 
 def test_sasrec_is_causal():
@@ -57,6 +70,16 @@ def test_bert4rec_folds_bias_and_masks_only_real_items():
     assert (inputs[labels > 0] == m.mask_id).float().mean() > 0.6
 
 
+def test_bert4rec_never_masks_every_item_of_a_sequence():
+    m = _model("bert4rec", mask_prob=0.999)
+    inputs, labels = m.mask_items(
+        torch.tensor([[0, 5, 6], [4, 5, 6], [0, 0, 7]]), torch.Generator().manual_seed(0)
+    )
+    # the first item stays readable; a lone item is masked (training windows never hold one)
+    assert labels.tolist() == [[0, 0, 6], [0, 5, 6], [0, 0, 7]]
+    assert inputs.tolist() == [[0, 5, m.mask_id], [4, m.mask_id, m.mask_id], [0, 0, m.mask_id]]
+
+
 def test_losses_finite_and_ce_is_full_softmax():
     torch.manual_seed(0)
     users, items = torch.randn(6, 8), torch.randn(N + 1, 8)
@@ -64,8 +87,23 @@ def test_losses_finite_and_ce_is_full_softmax():
     for name in LOSSES:
         value = Loss(name, N, n_negatives=5)(users, target, items, torch.Generator().manual_seed(0))
         assert torch.isfinite(value), name
+    own = (np.array([0, 2, 3]), np.array([1, 2, 3]))
+    value = Loss("bce", N, user_items=own)(users, target, items, None, torch.tensor([0, 0, 1, 1, 1, 1]))
+    assert torch.isfinite(value)
     logits = users @ items[1:].T
     torch.testing.assert_close(Loss("ce", N)(users, target, items), F.cross_entropy(logits, target - 1))
+
+
+def test_bce_negatives_are_drawn_outside_the_users_own_items():
+    # user 0 had items {1, 2, 3, 5} (3 twice), user 1 {2, 3}, user 2 all five
+    loss = Loss(
+        "bce", 5, user_items=(np.array([0, 5, 7, 12]), np.array([3, 1, 5, 2, 3, 3, 2, 1, 2, 3, 4, 5]))
+    )
+    owners = torch.tensor([0] * 300 + [1] * 300 + [2] * 3)
+    neg = loss.negatives_outside(owners, torch.Generator().manual_seed(0))
+    assert set(neg[:300].tolist()) == {4}
+    assert set(neg[300:600].tolist()) == {1, 4, 5}
+    assert neg[600:].tolist() == [5, 5, 5]  # no item is outside: item N stands in
 
 
 def test_inbatch_loss_does_not_count_duplicate_targets_as_negatives():

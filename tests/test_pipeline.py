@@ -200,6 +200,35 @@ def test_quality_gate_blocks_an_untrained_model_with_exit_3(tmp_path, monkeypatc
     assert r.exit_code == pipeline.EXIT_GATE
 
 
+def test_one_seen_item_policy_per_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHREC_WORKSPACE", str(tmp_path))
+    job = pipeline.load(QUICKSTART, ["evaluate.exclude_seen=none"], DATE)
+    assert job.evaluate.exclude_seen == job.score.exclude_seen == "none"
+    with pytest.raises(UserError, match="differ"):
+        pipeline.load(QUICKSTART, ["evaluate.exclude_seen=none", "score.exclude_seen=history"], DATE)
+
+
+def test_the_gate_judges_only_an_evaluation_made_under_the_published_policy(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHREC_WORKSPACE", str(tmp_path))
+    run = tmp_path / "runs" / "quickstart" / f"dt={DATE}"
+    storage.write_json(
+        str(run / "checkpoint" / "checkpoint.json"), {"train_config": {"exclude_seen": "none"}}
+    )
+
+    def judge(evaluated_under: str | None):
+        body = {"metrics": {"NDCG@10": 0.5}, "baseline": {"metrics": {"NDCG@10": 0.1}}}
+        with storage.staged_dir(str(run / "evaluation")) as stage:
+            storage.write_json(f"{stage}/{pipeline.EVALUATION}", {**body, "exclude_seen": evaluated_under})
+        return invoke(QUICKSTART, "--date", DATE, "--set", "stages=[]")
+
+    r = judge("history")  # e.g. published by an earlier attempt, before train.exclude_seen changed
+    assert r.exit_code == 2 and "policy 'history', this job publishes under 'none'" in r.output
+    r = judge(None)
+    assert r.exit_code == 2 and "records no seen-item policy" in r.output
+    r = judge("none")
+    assert r.exit_code == 0 and "gate      passed" in r.output, r.output
+
+
 def test_warm_start_picks_the_newest_earlier_published_checkpoint(tmp_path):
     job = pipeline.JobConfig(name="n", workspace=str(tmp_path), date="2026-11-23")
     for d, published in (

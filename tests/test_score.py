@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from batchrec import checkpoint, export, models, schema, storage
 from batchrec.dataset import PreparedDataset
+from batchrec.errors import RetryableError, UserError
 from batchrec.ids import IdMap
 from batchrec.models.base import SeqRecModel
-from batchrec.score import ScoreConfig, Scorer, left_pad, run
+from batchrec.score import Pool, ScoreConfig, Scorer, left_pad, pool_size, run
 
 # ---------------------------------------------------------------------------------------------
 # A tiny test model following the shared interface (mean of item vectors → linear).
@@ -66,7 +67,7 @@ def save_tiny(url: str, data_url: str, **config) -> str:
     prepared = PreparedDataset.open(data_url)
     model = TinySeq(prepared.n_items, TinyConfig(**config))
     ref = prepared.reference()
-    return checkpoint.save(url, model, data=ref)
+    return checkpoint.save(url, model, data=ref, item_ids=prepared.item_map.external)
 
 
 def brute_force(user_vecs: np.ndarray, item_vecs: np.ndarray, histories, k: int):
@@ -197,6 +198,19 @@ def ray_session(moto_server):
         os.environ["PYTHONPATH"] = saved
 
 
+@pytest.fixture
+def ray_cluster(ray_session):
+    """The module's Ray, checked after each test: every CPU it had free before is free again,
+    so a test whose run failed or stalled cannot starve the next one."""
+    import ray
+
+    from batchrec import cluster
+
+    before = ray.available_resources()
+    yield
+    assert cluster.wait_released(before, timeout_s=30), "a scoring run left resources reserved"
+
+
 def read_run(run_url: str) -> dict:
     return {
         "users": storage.read_parquet(storage.join(run_url, schema.USER_EMBEDDINGS)),
@@ -269,7 +283,7 @@ def invoke(*args: str):
 
 
 @pytest.mark.ray
-def test_cli_scores_every_user_once_and_matches_bruteforce(ray_session, tmp_path):
+def test_cli_scores_every_user_once_and_matches_bruteforce(ray_cluster, tmp_path):
     data = make_tiny_prepared(str(tmp_path / "data"), n_users=60, n_items=50, string_ids=False)
     ckpt = save_tiny(str(tmp_path / "ckpt"), data, max_len=3)
     out = str(tmp_path / "run")
@@ -291,7 +305,7 @@ def test_cli_scores_every_user_once_and_matches_bruteforce(ray_session, tmp_path
 
 @pytest.mark.ray
 @pytest.mark.s3
-def test_scores_to_s3_through_moto(ray_session, s3_bucket):
+def test_scores_to_s3_through_moto(ray_cluster, s3_bucket):
     data = make_tiny_prepared(f"{s3_bucket}/prepared/tiny", n_users=30, n_items=25)
     ckpt = save_tiny(f"{s3_bucket}/checkpoints/tinyseq/1", data)
     out = run(ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=f"{s3_bucket}/run", k=5))
@@ -299,7 +313,7 @@ def test_scores_to_s3_through_moto(ray_session, s3_bucket):
 
 
 @pytest.mark.ray
-def test_workspace_defaults_and_atomic_rerun(ray_session, tmp_path, monkeypatch):
+def test_workspace_defaults_and_atomic_rerun(ray_cluster, tmp_path, monkeypatch):
     ws = str(tmp_path / "ws")
     data = make_tiny_prepared(f"{ws}/prepared/tiny", n_users=20, n_items=30)
     save_tiny(f"{ws}/checkpoints/tinyseq/20261122T000000", data)
@@ -319,7 +333,7 @@ def test_workspace_defaults_and_atomic_rerun(ray_session, tmp_path, monkeypatch)
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_worker_is_retried_and_output_is_complete(ray_session, tmp_path):
+def test_killed_worker_is_retried_and_output_is_complete(ray_cluster, tmp_path):
     data = make_tiny_prepared(str(tmp_path / "data"), n_users=80, n_items=30)
     ckpt = save_tiny(str(tmp_path / "ckpt"), data)
     marker = tmp_path / "killed"
@@ -342,7 +356,7 @@ def test_killed_worker_is_retried_and_output_is_complete(ray_session, tmp_path):
 
 
 @pytest.mark.ray
-def test_a_run_that_cannot_finish_publishes_nothing(ray_session, tmp_path):
+def test_a_run_that_cannot_finish_publishes_nothing(ray_cluster, tmp_path):
     data = make_tiny_prepared(str(tmp_path / "data"))
     ckpt = save_tiny(str(tmp_path / "ckpt"), data)
     out = str(tmp_path / "run")
@@ -359,6 +373,275 @@ def test_a_run_that_cannot_finish_publishes_nothing(ray_session, tmp_path):
         run(cfg)
     assert not storage.exists(cfg.out)
     assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]
+    # The sequence that once hung the suite: a failed run's actor kept its CPU and the next
+    # run's pool took the last one from the read tasks. The next good run must just work.
+    cfg.fault, cfg.out = None, out
+    run(cfg)
+    assert read_run(out)["manifest"]["k"] == 3
+
+
+@pytest.mark.ray
+def test_a_blocked_worker_is_stopped_by_the_watchdog(ray_cluster, tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"))
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    out = str(tmp_path / "run")
+    cfg = ScoreConfig(
+        model="tinyseq", checkpoint=ckpt, data=data, out=out, k=5, fault="hang", stall_timeout_s=3
+    )
+    with pytest.raises(RetryableError, match=r"scoring stalled: no batch completed in \d+ s"):
+        run(cfg)
+    assert not storage.exists(out)
+    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]
+    # (the fixture checks the blocked actor was killed and its CPU is free again)
+
+
+def test_a_retryable_failure_exits_75_with_one_error_line(monkeypatch):
+    import batchrec.score
+
+    def stalled(cfg):
+        raise RetryableError("scoring stalled: no batch completed in 3 s")
+
+    monkeypatch.setattr(batchrec.score, "run", stalled)
+    res = invoke("--model", "tinyseq")
+    assert res.exit_code == 75
+    assert res.output.strip() == "error: scoring stalled: no batch completed in 3 s"
+
+
+def test_the_pool_is_sized_from_free_resources_and_leaves_a_cpu_to_the_reads():
+    cpu = ScoreConfig()
+    assert pool_size(cpu, {"CPU": 8.0}, {"CPU": 8.0}) == Pool(1, 7, 0.0)
+    assert pool_size(cpu, {"CPU": 2.0}, {"CPU": 8.0}) == Pool(1, 1, 0.0)  # six held elsewhere
+    assert pool_size(cpu, {}, {"CPU": 2.0}) == Pool(1, 1, 0.0)
+    assert pool_size(ScoreConfig(cpus_per_worker=2), {"CPU": 8.0}, {"CPU": 8.0}) == Pool(1, 3, 0.0)
+    assert pool_size(cpu, {"CPU": 8.0, "GPU": 3.0}, {"CPU": 8.0, "GPU": 4.0}) == Pool(1, 3, 1.0)
+    assert pool_size(ScoreConfig(gpus_per_worker=0.5), {"GPU": 1.0}, {"GPU": 1.0}) == Pool(1, 2, 0.5)
+    assert pool_size(ScoreConfig(num_workers=4), {"CPU": 1.0}, {"CPU": 2.0}) == Pool(4, 4, 0.0)
+
+
+def test_vocabulary_translates_by_external_id_and_drops_unknown_items(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_items=15)  # items i0..i14 = 1..15
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    meta = checkpoint.read_meta(ckpt)
+    other = IdMap(pa.array(["i3", "new", "i0", "i4"]), offset=1)  # data ids 1..4
+    vocab = checkpoint.vocabulary(ckpt, meta, other, other.fingerprint())
+    assert vocab.to_model.tolist() == [0, 4, 0, 1, 5]
+    assert (vocab.known, vocab.data_items, vocab.identity) == (3, 4, False)
+    assert vocab.translate(np.array([2, 1, 2, 3, 4])).tolist() == [4, 1, 5]
+    assert vocab.items.external.to_pylist() == [f"i{j}" for j in range(15)]
+    with pytest.raises(UserError, match="item ids are int64, the checkpoint's are string"):
+        ints = IdMap(pa.array([1, 2], pa.int64()), offset=1)
+        checkpoint.vocabulary(ckpt, meta, ints, ints.fingerprint())
+
+
+def test_exclude_seen_none_lets_history_items_back_into_the_list(tmp_path):
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=3, n_items=15)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    histories = [np.arange(1, 14), np.array([3])]
+    batch = {"user_idx": np.array([0, 1]), "items": histories}
+    scorer = Scorer(ckpt, k=6, exclude_seen="none")
+    out = scorer(batch)
+    items = scorer.item_vectors()
+    _, want = brute_force(out["embedding"], items, [[], []], 6)  # nothing but padding masked
+    np.testing.assert_allclose(out["topk_scores"], want, atol=1e-5)
+    assert set(out["topk_items"][0].tolist()) & set(histories[0].tolist())
+
+
+def subset_prepared(src: str, dst: str, users: list[int]) -> str:
+    """`src` cut to some users, items renumbered by first appearance: what a model trained on a
+    sample of users has as its vocabulary."""
+    from batchrec.dataset import write_prepared
+
+    prepared = PreparedDataset.open(src)
+    rows = prepared.sequences.to_pylist()
+    kept = [r for r in rows if r["user_idx"] in set(users)]
+    new_of_old: dict[int, int] = {}
+    for r in kept:
+        for i in r["items"]:
+            new_of_old.setdefault(i, len(new_of_old) + 1)
+    old_ids = prepared.item_map.external.to_pylist()
+    seqs = [{**r, "user_idx": u, "items": [new_of_old[i] for i in r["items"]]} for u, r in enumerate(kept)]
+    return write_prepared(
+        dst,
+        item_ids=pa.array([old_ids[i - 1] for i in new_of_old]),
+        user_ids=prepared.user_map.to_external(np.array([r["user_idx"] for r in kept])),
+        sequences=pa.Table.from_pylist(seqs),
+        targets=pa.Table.from_pylist([], schema=schema.TARGETS_SCHEMA),
+        source="subset",
+        params={"split": "full"},
+        stats={"users": len(seqs), "items": len(new_of_old)},
+    )
+
+
+@pytest.mark.ray
+def test_a_model_trained_on_30_percent_of_users_scores_every_user(ray_cluster, tmp_path):
+    from batchrec.dataset import write_prepared
+
+    full = make_tiny_prepared(str(tmp_path / "full"), n_users=40, n_items=60)
+    sample = subset_prepared(full, str(tmp_path / "sample"), users=list(range(12)))
+    ckpt = save_tiny(str(tmp_path / "ckpt"), sample, max_len=4)
+    known = set(checkpoint.load_item_ids(ckpt).to_pylist())
+    assert len(known) < 60, "the sample should miss some items"
+    # Plus two users the model never saw: one with a known item, one with only unknown items.
+    prepared = PreparedDataset.open(full)
+    seqs = prepared.sequences.to_pylist()
+    ids = prepared.item_map.external.to_pylist()
+    unknown = [i + 1 for i, x in enumerate(ids) if x not in known]
+    first_known = next(i + 1 for i, x in enumerate(ids) if x in known)
+    seqs += [
+        {"user_idx": 40, "items": [unknown[0], first_known], "timestamps": [0, 1], "train_len": 2},
+        {"user_idx": 41, "items": unknown[:3], "timestamps": [0, 1, 2], "train_len": 3},
+    ]
+    data = write_prepared(
+        str(tmp_path / "today"),
+        item_ids=prepared.item_map.external,
+        user_ids=pa.array([f"u{u}" for u in range(42)]),
+        sequences=pa.Table.from_pylist(seqs),
+        targets=pa.Table.from_pylist([], schema=schema.TARGETS_SCHEMA),
+        source="today",
+        params={"split": "full"},
+        stats={"users": 42, "items": 60},
+    )
+    out = run(ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=str(tmp_path / "run"), k=6))
+    got = read_run(out)
+    manifest = got["manifest"]
+    dropped_users = [r["user_idx"] for r in seqs if not set(ids[i - 1] for i in r["items"]) & known]
+    assert dropped_users and 41 in dropped_users
+    assert manifest["vocabulary"]["users_without_known_items"] == len(dropped_users)
+    assert manifest["vocabulary"]["history_events_dropped"] == sum(
+        sum(ids[i - 1] not in known for i in r["items"]) for r in seqs
+    )
+    user_ids = got["users"].column("user_id").to_pylist()
+    assert sorted(user_ids) == sorted(f"u{r['user_idx']}" for r in seqs if r["user_idx"] not in dropped_users)
+    # Brute force from the exported tables: histories translated by external id.
+    items = got["items"]
+    assert set(items.column("item_id").to_pylist()) == known
+    row_of = {x: r + 1 for r, x in enumerate(items.column("item_id").to_pylist())}
+    item_vecs = np.vstack([np.zeros((1, manifest["d"])), np.stack(items.column("embedding").to_numpy(False))])
+    user_vec = dict(zip(user_ids, np.stack(got["users"].column("embedding").to_numpy(False)), strict=True))
+    history = {
+        f"u{r['user_idx']}": [row_of[ids[i - 1]] for i in r["items"] if ids[i - 1] in row_of] for r in seqs
+    }
+    rows = got["topk"].to_pylist()
+    assert sorted(r["user_id"] for r in rows) == sorted(user_ids)
+    vecs = np.stack([user_vec[r["user_id"]] for r in rows])
+    histories = [history[r["user_id"]] for r in rows]
+    _, want = brute_force(vecs, item_vecs, histories, 6)
+    assert_same_topk(
+        [[row_of[i] for i in r["item_ids"]] for r in rows],
+        [r["scores"] for r in rows],
+        want,
+        histories,
+        lambda row, ids_: item_vecs[ids_] @ vecs[row],
+    )
+    # The user vector is the model's on the translated history (the last max_len known items).
+    model, _ = checkpoint.load(ckpt)
+    padded, lengths = left_pad([np.array(history["u40"])], 4)
+    with torch.no_grad():
+        want_vec = model.encode(torch.from_numpy(padded), torch.from_numpy(lengths)).numpy()[0]
+    np.testing.assert_allclose(user_vec["u40"], want_vec, rtol=1e-5, atol=1e-5)
+
+
+def repeats_dataset(url: str) -> str:
+    """Literal histories where users come back to items (so targets repeat history items), with
+    LOO-style targets (one valid, one test per user) and time-style ones (several per user)."""
+    from batchrec.dataset import write_prepared
+
+    histories = [
+        [1, 2, 3, 2, 4, 2],
+        [5, 6, 5, 7, 5, 8, 5],
+        [9, 10, 11, 12, 13, 9],
+        [3, 14, 15, 3, 16, 17, 14, 18],
+        [19, 20, 21, 22, 20],
+        [23, 24, 25, 26, 27, 28],
+    ]
+    seqs, targets = [], []
+    for u, h in enumerate(histories):
+        n = len(h)
+        seqs.append({"user_idx": u, "items": h, "timestamps": list(range(n)), "train_len": n - 3})
+        targets += [{"user_idx": u, "split": "valid", "position": n - 3, "item_idx": h[n - 3]}]
+        targets += [{"user_idx": u, "split": "test", "position": p, "item_idx": h[p]} for p in (n - 2, n - 1)]
+    return write_prepared(
+        url,
+        item_ids=pa.array([f"i{i}" for i in range(28)]),
+        user_ids=pa.array([f"u{u}" for u in range(len(histories))]),
+        sequences=pa.Table.from_pylist(seqs),
+        targets=pa.Table.from_pylist(targets),
+        source="repeats",
+        params={"split": "time"},
+        stats={"users": len(histories), "items": 28, "interactions": sum(map(len, histories))},
+    )
+
+
+@pytest.mark.parametrize("policy", ["history", "none"])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_evaluate_reports_what_the_published_lists_reach(tmp_path, policy, split):
+    """The cross-check: metrics recomputed from the scorer's top-k lists (the histories being the
+    evaluation inputs) equal `evaluate`'s, with repeated targets present."""
+    from batchrec import evaluate
+
+    data = repeats_dataset(str(tmp_path / "data"))
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data, max_len=3)
+    prepared = PreparedDataset.open(data)
+    _, offsets, items, _ = prepared.flat_sequences()
+    rows, positions, targets = prepared.split_targets(split)
+    histories = [items[offsets[r] : offsets[r] + p] for r, p in zip(rows, positions, strict=True)]
+    repeats = sum(t in h for t, h in zip(targets, histories, strict=True))
+    assert repeats >= 2, "the data must have targets that repeat a history item"
+    k = 10
+    lists = Scorer(ckpt, k=k, exclude_seen=policy)(
+        {"user_idx": np.arange(len(histories)), "items": histories}
+    )
+    ranks = np.array(
+        [
+            list(row).index(t) + 1 if t in row else np.inf
+            for row, t in zip(lists["topk_items"].tolist(), targets, strict=True)
+        ]
+    )
+    report = evaluate.run(
+        evaluate.EvaluateConfig(checkpoint=ckpt, data=data, split=split, ks=[5, k], exclude_seen=policy)
+    )
+    assert report["exclude_seen"] == policy
+    for cut in (5, k):
+        hit = ranks <= cut
+        assert report["metrics"][f"HR@{cut}"] == pytest.approx(hit.mean(), abs=1e-6)
+        ndcg = np.where(hit, 1 / np.log2(np.where(hit, ranks, 1) + 1), 0).mean()
+        assert report["metrics"][f"NDCG@{cut}"] == pytest.approx(ndcg, abs=1e-6)
+    if policy == "history":  # a repeated target can never be in a published list
+        assert not any(t in h and r < np.inf for t, h, r in zip(targets, histories, ranks, strict=True))
+
+
+def test_evaluate_accepts_data_beyond_the_checkpoint_vocabulary(tmp_path):
+    """Trained on some users' items, evaluated on everyone: known items only, an unknown target
+    or a user left with no known item is a miss — exactly what the published lists would show."""
+    from batchrec import evaluate
+
+    data = repeats_dataset(str(tmp_path / "data"))
+    sample = subset_prepared(data, str(tmp_path / "sample"), users=[0, 1, 3])
+    ckpt = save_tiny(str(tmp_path / "ckpt"), sample, max_len=3)
+    prepared = PreparedDataset.open(data)
+    vocab = checkpoint.vocabulary(
+        ckpt, checkpoint.read_meta(ckpt), prepared.item_map, prepared.metadata["item_map_fingerprint"]
+    )
+    assert 0 < vocab.known < prepared.n_items
+    _, offsets, items, _ = prepared.flat_sequences()
+    rows, positions, targets = prepared.split_targets("test")
+    histories = [
+        vocab.translate(items[offsets[r] : offsets[r] + p]) for r, p in zip(rows, positions, strict=True)
+    ]
+    model_targets = vocab.to_model[targets]
+    assert (model_targets == 0).any() and any(len(h) == 0 for h in histories)
+    scorable = [i for i, h in enumerate(histories) if len(h)]
+    lists = Scorer(ckpt, k=5)(
+        {"user_idx": np.arange(len(scorable)), "items": [histories[i] for i in scorable]}
+    )
+    ranks = np.full(len(histories), np.inf)
+    for i, row in zip(scorable, lists["topk_items"].tolist(), strict=True):
+        if model_targets[i] in row:
+            ranks[i] = row.index(model_targets[i]) + 1
+    report = evaluate.run(evaluate.EvaluateConfig(checkpoint=ckpt, data=data, split="test", ks=[5]))
+    assert report["metrics"]["HR@5"] == pytest.approx((ranks <= 5).mean(), abs=1e-6)
+    ndcg = np.where(ranks <= 5, 1 / np.log2(np.where(ranks <= 5, ranks, 1) + 1), 0).mean()
+    assert report["metrics"]["NDCG@5"] == pytest.approx(ndcg, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,12 +663,12 @@ def test_missing_checkpoint_and_data_say_where_they_looked(tmp_path):
 
 def test_bad_inputs_exit_2_and_publish_nothing(tmp_path):
     data = make_tiny_prepared(str(tmp_path / "data"), n_items=30)
-    other = make_tiny_prepared(str(tmp_path / "other"), n_items=31, seed=1)
+    other = make_tiny_prepared(str(tmp_path / "other"), n_items=31, seed=1, string_ids=False)
     ckpt = save_tiny(str(tmp_path / "ckpt"), data)
     out = str(tmp_path / "run")
     base = ["--model", "tinyseq", "--checkpoint", ckpt, "--out", out]
     cases = {
-        "does not match the data": [*base, "--data", other],
+        "the data's item ids are int64, the checkpoint's are string": [*base, "--data", other],
         "larger than the catalogue (30 items)": [*base, "--data", data, "--k", "31"],
         "is a 'tinyseq' model, not 'pop'": ["--model", "pop", "--checkpoint", ckpt, "--data", data],
         "date must be YYYY-MM-DD": [*base, "--data", data, "--date", "23/11/2026"],
@@ -415,5 +698,11 @@ def test_faiss_retrieval_drops_seen_items_and_reports_recall(tmp_path):
     np.testing.assert_allclose(approx["topk_scores"], exact["topk_scores"], atol=1e-5)
     from batchrec.score import _Inputs, measure_recall
 
-    recall = measure_recall(_Inputs(ckpt, data, str(tmp_path / "run"), "2026-11-23"), k=8, sample=10)
+    prepared = PreparedDataset.open(data)
+    vocab = checkpoint.vocabulary(
+        ckpt, checkpoint.read_meta(ckpt), prepared.item_map, prepared.metadata["item_map_fingerprint"]
+    )
+    assert vocab.identity
+    inputs = _Inputs(ckpt, data, str(tmp_path / "run"), "2026-11-23")
+    recall = measure_recall(inputs, k=8, sample=10, vocab=vocab, policy="history")
     assert recall == {"recall": 1.0, "k": 8, "users": 10}

@@ -25,6 +25,13 @@ def evaluate(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Users per scoring batch.")] = 256,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    exclude_seen: Annotated[
+        str | None,
+        typer.Option(
+            help="Seen-item policy: history (mask every history item, a repeated target is a miss) "
+            "| none. Default: the checkpoint's training policy."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     workspace: Annotated[
         str | None, typer.Option(envvar="BATCHREC_WORKSPACE", help="Workspace for default locations.")
@@ -44,6 +51,7 @@ def evaluate(
             "ks": k or [10, 20],
             "batch_size": batch_size,
             "device": device,
+            "exclude_seen": exclude_seen,
             "workspace": workspace,
         },  # fmt: skip
         where="batchrec evaluate options",

@@ -44,6 +44,20 @@ def score(
     retrieval: Annotated[
         str, typer.Option(help="exact (chunked matmul) or faiss (ANN, for huge catalogues).")
     ] = "exact",
+    exclude_seen: Annotated[
+        str | None,
+        typer.Option(
+            help="history: never recommend an item of the user's history; none: allow repeats. "
+            "Default: the checkpoint's training policy."
+        ),
+    ] = None,
+    stall_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop (exit 75, nothing published) when no batch completes for this long. "
+            "Default: 600 s until the first batch, then 10× the slowest batch (≥ 120 s)."
+        ),
+    ] = None,
     workspace: Annotated[
         str | None, typer.Option(envvar="BATCHREC_WORKSPACE", help="Workspace for default locations.")
     ] = None,
@@ -69,6 +83,8 @@ def score(
             "ray_address": ray_address,
             "topk_layout": topk_layout,
             "retrieval": retrieval,
+            "exclude_seen": exclude_seen,
+            "stall_timeout_s": stall_timeout_s,
             "workspace": workspace,
         },
         where="batchrec score flags",

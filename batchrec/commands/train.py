@@ -34,6 +34,12 @@ def train(
     dim: Annotated[int | None, typer.Option(help="Embedding size.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (runs are deterministic given it).")] = None,
+    exclude_seen: Annotated[
+        str | None,
+        typer.Option(
+            help="Seen-item policy for validation, kept for evaluate and score: history (default) | none."
+        ),
+    ] = None,
     workspace: Annotated[
         str | None, typer.Option(envvar="BATCHREC_WORKSPACE", help="Workspace for default locations.")
     ] = None,
@@ -44,7 +50,8 @@ def train(
 
     values = load_yaml(config) if config else {}
     flags = {"model": model, "data": data, "out": out, "loss": loss, "epochs": epochs, "batch_size": batch_size,
-             "max_len": max_len, "dim": dim, "lr": lr, "seed": seed, "workspace": workspace}  # fmt: skip
+             "max_len": max_len, "dim": dim, "lr": lr, "seed": seed, "exclude_seen": exclude_seen,
+             "workspace": workspace}  # fmt: skip
     values = merge(values, {k: v for k, v in flags.items() if v is not None})
     if resume:
         values["resume"] = True

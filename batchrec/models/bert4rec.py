@@ -80,13 +80,17 @@ class BERT4Rec(SeqRecModel):
         """Cloze masking: (masked inputs, labels with 0 where nothing is predicted).
 
         Each real item is masked with `mask_prob`; a sequence with none masked gets its last
-        item masked, which is also the inference situation."""
+        item masked, which is also the inference situation; a sequence of two or more items with
+        all masked gets its first item back, since a target needs some input to be predicted from."""
         c = self.config
         real = item_seqs > 0
         u = torch.rand(item_seqs.shape, generator=generator, device=item_seqs.device)
         chosen = real & (u < c.mask_prob)
         none = ~chosen.any(dim=1)
         chosen[:, -1] |= none & real[:, -1]
+        every = (chosen == real).all(dim=1) & (real.sum(dim=1) >= 2)
+        first = real.to(torch.int8).argmax(dim=1)  # left padding: the first real column
+        chosen[every, first[every]] = False
         labels = torch.where(chosen, item_seqs, torch.zeros_like(item_seqs))
         inputs = item_seqs.clone()
         if c.replace_80_10_10:

@@ -43,15 +43,33 @@ class GRU4Rec(SeqRecModel):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def sequence_vectors(self, item_seqs: torch.Tensor) -> torch.Tensor:  # (B, T, d)
-        # Left padding: the GRU reads the zero padding vectors first; their effect on the state is
-        # small and learned, which keeps the batch layout the same as the transformers'.
+    def _right_aligned(self, item_seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU outputs over each history moved to the front of its row: ((B, T, d), lengths (B,)).
+
+        A GRU reading left padding carries it in its state, so a user vector would depend on how
+        much padding the batch gave its row. Rolled left, the real items come first and the
+        padding after them can no longer reach their outputs."""
         item_seqs = item_seqs[:, -self.config.max_len :]
-        h, _ = self.gru(self.drop(self.item_emb(item_seqs)))
-        return self.out(self.drop(h))
+        lengths = (item_seqs > 0).sum(dim=1)  # left padding: the real items are the last `lengths`
+        width = item_seqs.shape[1]
+        cols = torch.arange(width, device=item_seqs.device)
+        right = item_seqs.gather(1, (cols[None, :] - lengths[:, None]) % width)
+        h, _ = self.gru(self.drop(self.item_emb(right)))
+        return self.out(self.drop(h)), lengths
+
+    def sequence_vectors(self, item_seqs: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+        """The user vector after each prefix, in the input's left-padded layout (column t has seen
+        items[:t+1] only; columns of padding hold no meaningful vector)."""
+        h, lengths = self._right_aligned(item_seqs)
+        width = h.shape[1]
+        cols = torch.arange(width, device=h.device)
+        back = ((cols[None, :] + lengths[:, None]) % width)[..., None].expand_as(h)
+        return h.gather(1, back)
 
     def encode(self, item_seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # (B, d)
-        return self.sequence_vectors(item_seqs)[:, -1]
+        h, n = self._right_aligned(item_seqs)
+        last = (n - 1).clamp(min=0)[:, None, None].expand(-1, 1, h.shape[2])
+        return h.gather(1, last)[:, 0]
 
     def item_embeddings(self) -> torch.Tensor:  # (N + 1, d)
         return self.item_emb.weight

@@ -4,7 +4,9 @@ Every loss takes `user` (M, d) — one vector per predicted position —, `targe
 item ids ≥ 1, and `items` (N + 1, d) from `model.item_embeddings()` (row 0 = padding, never a
 candidate).
 - `ce`: full softmax over the catalogue ("SASRec+", Klenitskiy & Vasilev 2023).
-- `bce`: one uniform negative per position against the positive (the SASRec paper).
+- `bce`: one negative per position against the positive (the SASRec paper), drawn uniformly
+  from the items outside the user's own training items, as the SASRec code's `random_neq` does
+  (given `user_items` and each position's user; uniform over the catalogue otherwise).
 - `sampled`: softmax over the positive and `n_negatives` uniform negatives shared by the batch.
 - `inbatch`: softmax over the batch's other targets, logits minus log popularity (logQ
   correction, Yi et al. 2019), since popular items are over-represented as negatives.
@@ -12,6 +14,7 @@ candidate).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +24,13 @@ LOSSES = ("ce", "bce", "sampled", "inbatch")
 
 class Loss(nn.Module):
     def __init__(
-        self, name: str, n_items: int, n_negatives: int = 256, item_counts: torch.Tensor | None = None
+        self,
+        name: str,
+        n_items: int,
+        n_negatives: int = 256,
+        item_counts: torch.Tensor | None = None,
+        # (offsets (U + 1,), items): user u's training items are items[offsets[u]:offsets[u + 1]]
+        user_items: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         super().__init__()
         if name not in LOSSES:
@@ -32,6 +41,9 @@ class Loss(nn.Module):
         counts = item_counts if item_counts is not None else torch.ones(n_items + 1)
         log_q = torch.log(counts.float().clamp(min=1) / counts.float().clamp(min=1).sum())
         self.register_buffer("log_q", log_q, persistent=False)
+        own = _own_item_keys(*user_items, n_items) if user_items is not None else (None, None)
+        self.register_buffer("own_offsets", own[0], persistent=False)
+        self.register_buffer("own_keys", own[1], persistent=False)
 
     def forward(
         self,
@@ -39,6 +51,7 @@ class Loss(nn.Module):
         target: torch.Tensor,
         items: torch.Tensor,
         generator: torch.Generator | None = None,
+        owners: torch.Tensor | None = None,  # (M,) the user row of each position, for `bce`
     ) -> torch.Tensor:
         if self.name == "ce":
             logits = user @ items.T  # (M, N + 1)
@@ -46,9 +59,12 @@ class Loss(nn.Module):
             return F.cross_entropy(logits.float(), target)
         pos = (user * items[target]).sum(-1)  # (M,)
         if self.name == "bce":
-            neg_ids = torch.randint(
-                1, self.n_items + 1, target.shape, generator=generator, device=target.device
-            )
+            if self.own_keys is not None and owners is not None:
+                neg_ids = self.negatives_outside(owners, generator)
+            else:
+                neg_ids = torch.randint(
+                    1, self.n_items + 1, target.shape, generator=generator, device=target.device
+                )
             neg = (user * items[neg_ids]).sum(-1)
             return F.binary_cross_entropy_with_logits(
                 torch.cat([pos, neg]).float(),
@@ -68,3 +84,36 @@ class Loss(nn.Module):
             same & ~torch.eye(len(target), dtype=torch.bool, device=target.device), float("-inf")
         )
         return F.cross_entropy(logits.float(), torch.arange(len(target), device=target.device))
+
+    def negatives_outside(
+        self, owners: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(M,) one item per position, uniform over the items its user never had in training.
+
+        Exact and loop-free: draw the rank r of the negative among the user's free items, then
+        add the number of own items that sort before it, found by one `searchsorted`."""
+        n = self.n_items
+        start, stop = self.own_offsets[owners], self.own_offsets[owners + 1]
+        free = n - (stop - start)
+        u = torch.rand(owners.shape, generator=generator, device=owners.device, dtype=torch.float64)
+        r = torch.minimum((u * free).long(), (free - 1).clamp(min=0))
+        before = torch.searchsorted(self.own_keys, owners * (n + 1) + r, right=True) - start
+        # a user who had every item has no negative; item N stands in rather than failing
+        return (r + 1 + before).clamp(max=n)
+
+
+def _own_item_keys(offsets: np.ndarray, items: np.ndarray, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's distinct items as sorted search keys: (offsets (U + 1,), keys).
+
+    The key of user u's k-th smallest item s is u·(N + 1) + (s − 1 − k), the number of items
+    below s the user does NOT have; keys rise within a user and users never overlap, so
+    #keys ≤ u·(N + 1) + r, minus u's start, counts u's items sorting before its r-th free item."""
+    offsets, items = np.asarray(offsets, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    lengths = np.diff(offsets)
+    pairs = np.unique(np.repeat(np.arange(len(lengths)), lengths) * (n_items + 1) + items)
+    user, item = pairs // (n_items + 1), pairs % (n_items + 1)
+    own_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=len(lengths)), out=own_offsets[1:])
+    rank = np.arange(len(pairs)) - own_offsets[user]
+    keys = user * (n_items + 1) + item - 1 - rank
+    return torch.from_numpy(own_offsets), torch.from_numpy(keys)

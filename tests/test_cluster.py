@@ -1,0 +1,149 @@
+"""`batchrec score` on a real two-node Ray cluster (`ray start` head + worker on loopback).
+
+The driver is a separate process that joins through RAY_ADDRESS with token auth, as a KubeRay
+RayJob's driver does. Shown here: scorer actors on both nodes, every user exactly once, the
+same tables as a single-node run; and losing the worker node in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_tiny_prepared
+from localcluster import LocalCluster
+
+from batchrec import checkpoint, models, schema, storage
+from batchrec.dataset import PreparedDataset
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = LocalCluster(cpus_per_node=2).start(n_workers=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    data = make_tiny_prepared(str(root / "data"), n_users=3000, n_items=200)
+    prepared = PreparedDataset.open(data)
+    model = models.build("sasrec", prepared.n_items, {"dim": 16, "n_layers": 1, "heads": 1, "max_len": 8})
+    ckpt = checkpoint.save(
+        str(root / "ckpt"), model, data=prepared.reference(), item_ids=prepared.item_map.external
+    )
+    return data, ckpt
+
+
+def score_cmd(data: str, ckpt: str, out: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "batchrec", "score", "--model", "sasrec", "--checkpoint", ckpt,
+        "--data", data, "--out", out, "--k", "10", "--batch-size", "100", *extra,
+    ]  # fmt: skip
+
+
+def local_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def tables(run: str) -> dict:
+    users = storage.read_parquet(storage.join(run, schema.USER_EMBEDDINGS)).sort_by("user_id")
+    topk = storage.read_parquet(storage.join(run, schema.TOPK)).sort_by("user_id")
+    return {"users": users, "topk": topk, "manifest": storage.read_json(storage.join(run, schema.MANIFEST))}
+
+
+def assert_complete(run: str, data: str) -> dict:
+    assert storage.is_published(run)
+    got = tables(run)
+    want_users = sorted(PreparedDataset.open(data).user_map.external.to_pylist())
+    assert got["users"].column("user_id").to_pylist() == want_users  # every user exactly once
+    assert got["topk"].column("user_id").to_pylist() == want_users
+    return got
+
+
+def test_two_nodes_score_like_one(two_nodes, inputs, tmp_path):
+    data, ckpt = inputs
+    t0 = time.monotonic()
+    res = subprocess.run(
+        score_cmd(data, ckpt, str(tmp_path / "two"), "--num-workers", "3"), env=two_nodes.env(), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = assert_complete(str(tmp_path / "two"), data)
+    assert two["manifest"]["cluster"]["nodes"] == 2, (two["manifest"]["cluster"], res.stderr)
+    assert "ray.init" not in res.stderr and "Connecting to existing Ray cluster" not in res.stderr
+    two_s = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    res = subprocess.run(
+        score_cmd(data, ckpt, str(tmp_path / "one")),
+        env=local_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = assert_complete(str(tmp_path / "one"), data)
+    one_s = time.monotonic() - t0
+    assert one["manifest"]["cluster"]["nodes"] == 1
+    np.testing.assert_allclose(
+        np.stack(two["users"].column("embedding").to_numpy(False)),
+        np.stack(one["users"].column("embedding").to_numpy(False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert two["topk"].column("item_ids").to_pylist() == one["topk"].column("item_ids").to_pylist()
+    users = len(two["users"])
+    print(
+        f"\n3000 users: two nodes {users / two['manifest']['timings_s']['score_users']:.0f} users/s "
+        f"(process {two_s:.1f} s), one node {users / one['manifest']['timings_s']['score_users']:.0f} users/s "
+        f"(process {one_s:.1f} s)"
+    )
+
+
+def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs, tmp_path):
+    data, ckpt = inputs
+    out = str(tmp_path / "run")
+    driver = (
+        "from batchrec.score import ScoreConfig, run; "
+        f"run(ScoreConfig(model='sasrec', checkpoint={ckpt!r}, data={data!r}, out={out!r}, k=10, "
+        "batch_size=100, fault='slow:0.3'))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver],
+        env=two_nodes.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not glob.glob(str(tmp_path / "_staging-*" / "topk" / "part-*")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no batch was scored in 180 s"
+            time.sleep(0.2)
+        two_nodes.kill_node(two_nodes.workers[-1])
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    if proc.returncode == 0:
+        assert_complete(out, data)
+        print("\nthe run survived the lost node")
+    else:
+        assert not storage.exists(out), "a failed run published something"
+        assert not glob.glob(str(tmp_path / "_staging-*")), "a failed run left its staging directory"
+        print(f"\nthe run failed cleanly (exit {proc.returncode}): {stderr.strip().splitlines()[-1]}")
+    # A rerun on what is left of the cluster completes.
+    res = subprocess.run(
+        score_cmd(data, ckpt, out), env=two_nodes.env(), capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_complete(out, data)
