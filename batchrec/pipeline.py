@@ -26,7 +26,8 @@ to evaluate and score; one set under `evaluate` or `score` is copied to the othe
 judges the lists that score publishes, and it refuses an evaluation made under another policy.
 
 Exit codes (what a CronJob needs): 0 done or nothing to do; 2 bad job file or input — fix, do
-not retry; 3 the quality gate refused to publish; anything else — transient, retry.
+not retry; 3 the quality gate refused to publish; 75 a stage could not finish now (a stalled
+scoring run) — retry; anything else — transient, retry.
 """
 
 from __future__ import annotations
