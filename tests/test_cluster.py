@@ -120,7 +120,7 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
     driver = (
         "from batchrec.score import ScoreConfig, run; "
         f"run(ScoreConfig(model='sasrec', checkpoint={ckpt!r}, data={data!r}, out={out!r}, k=10, "
-        "batch_size=100, fault='slow:0.3'))"
+        "batch_size=100, fault='slow:0.3', stall_timeout_s=60))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", driver],
@@ -136,7 +136,13 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
             assert time.monotonic() < deadline, "no batch was scored in 180 s"
             time.sleep(0.2)
         two_nodes.kill_node(two_nodes.workers[-1])
-        _, stderr = proc.communicate(timeout=300)
+        try:
+            _, stderr = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(
+                f"the run neither finished nor failed within 150 s of the node loss:\n{proc.communicate()[1][-4000:]}"
+            )
     finally:
         proc.kill()
     if proc.returncode == 0:
