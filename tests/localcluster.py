@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,21 @@ class LocalCluster:
             raise RuntimeError(f"no raylet for node {ip}")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+
+    def alive_nodes(self) -> int:
+        """Nodes the cluster's GCS counts as alive, asked by a short-lived driver."""
+        code = "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=60
+        )
+        return int(res.stdout.strip().splitlines()[-1])
+
+    def wait_alive(self, n: int, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.alive_nodes() != n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not reach {n} alive node(s) in {timeout_s:.0f} s")
+            time.sleep(2)
 
     def stop(self) -> None:
         """Kill every process of this cluster (not other Rays on the machine), then its files.
