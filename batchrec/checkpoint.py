@@ -134,16 +134,11 @@ class Vocabulary:
     items: IdMap  # the checkpoint's items: external id of model item 1..N
     to_model: np.ndarray  # (data items + 1,) int64: data internal id → model internal id, 0 = unknown
     data_items: int
+    identity: bool = False  # the data's item map is the checkpoint's: nothing to translate (per batch)
 
     @property
     def known(self) -> int:
         return int(np.count_nonzero(self.to_model[1:]))
-
-    @property
-    def identity(self) -> bool:
-        return self.data_items == len(self.items) and bool(
-            np.array_equal(self.to_model, np.arange(len(self.to_model)))
-        )
 
     def translate(self, history: np.ndarray) -> np.ndarray:
         """A history in model ids, unknown items dropped (order kept)."""
@@ -157,7 +152,7 @@ def vocabulary(
     """Map a dataset's items onto the checkpoint at `url`; the same map is the identity."""
     n_data = len(data_item_map)
     if meta.get("data", {}).get("item_map_fingerprint") == data_item_fingerprint:
-        return Vocabulary(data_item_map, np.arange(n_data + 1, dtype=np.int64), n_data)
+        return Vocabulary(data_item_map, np.arange(n_data + 1, dtype=np.int64), n_data, identity=True)
     ids = load_item_ids(url)
     if ids is None:
         raise UserError(
