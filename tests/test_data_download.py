@@ -23,11 +23,16 @@ U_DATA = "".join(
 
 
 def _zip() -> bytes:
+    # A fixed timestamp: `writestr(name, …)` stamps the current second, so two calls that straddle
+    # a second boundary would build different bytes (and different checksums).
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("ml-100k/", "")
-        z.writestr("ml-100k/u.data", U_DATA)
-        z.writestr("ml-100k/README", "MovieLens-shaped test archive")
+        for name, text in [
+            ("ml-100k/", ""),
+            ("ml-100k/u.data", U_DATA),
+            ("ml-100k/README", "MovieLens-shaped test archive"),
+        ]:
+            z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), text, zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
