@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from batchrec import schema
 from batchrec.errors import UserError
 
 EXACT_MAX_ITEMS = 50_000
 RECALL_TARGET = 0.97  # on the tuning sample; leaves margin for the 0.95 goal on unseen queries
 TUNE_QUERIES = 1_000
 TUNE_K = 10
-METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_METRIC_CODES = dict(zip(schema.INDEX_METRICS, (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2), strict=True))
 # Candidate values per search parameter, cheapest first; the first that reaches the target wins.
 _SEARCH_PARAMS = {
     "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024),
@@ -66,9 +67,9 @@ def default_factory(n: int, d: int) -> str:
 
 
 def metric_code(metric: str) -> int:
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}", fix=f"use one of: {', '.join(METRICS)}")
-    return METRICS[metric]
+    if metric not in _METRIC_CODES:
+        raise UserError(f"unknown metric {metric!r}", fix=f"use one of: {', '.join(_METRIC_CODES)}")
+    return _METRIC_CODES[metric]
 
 
 def as_matrix(x: np.ndarray, what: str = "vectors") -> np.ndarray:

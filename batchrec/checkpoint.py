@@ -6,7 +6,6 @@ Written atomically to any fsspec URL (staged, then published with `_SUCCESS`); l
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 from dataclasses import asdict, dataclass, is_dataclass
@@ -19,7 +18,8 @@ import torch
 from batchrec import __version__, schema, storage
 from batchrec.errors import UserError
 from batchrec.ids import IdMap
-from batchrec.models import SeqRecModel, build
+from batchrec.models import build
+from batchrec.models.base import SeqRecModel
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -47,7 +47,7 @@ def save(
     weights = _to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
     meta = {
         "batchrec_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": schema.created_at(),
         "model": model.name,
         "model_config": asdict(model.config) if is_dataclass(model.config) else dict(model.config),
         "n_items": data["n_items"],
@@ -68,7 +68,7 @@ def save(
 
 def read_meta(url: str) -> dict[str, Any]:
     meta_url = storage.join(url, schema.CHECKPOINT_META)
-    if not storage.is_published(url) or not storage.exists(meta_url):
+    if not storage.is_published(url, schema.CHECKPOINT_META):
         raise UserError(
             "no checkpoint here (checkpoint.json or _SUCCESS missing)",
             where=url,

@@ -93,21 +93,27 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str]) -> T:
+    # Problems of this section only decide whether it can be built: a bad key in one section
+    # must not hide the problems of the sections after it.
+    mine: list[str] = []
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for k in data:
-        if k not in fields:
-            near = ", ".join(sorted(fields))
-            problems.append(f"{prefix}{k}: unknown key (valid keys: {near})")
-    kwargs = {k: _coerce(v, hints[k], prefix + k, problems) for k, v in data.items() if k in fields}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        # Still built and checked from the known keys below, so their problems are listed too.
+        problems.extend(
+            f"{prefix}{k}: unknown key (valid keys: {', '.join(sorted(fields))})" for k in unknown
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, mine) for k, v in data.items() if k in fields}
     for name, f in fields.items():
         if (
             name not in kwargs
             and f.default is dataclasses.MISSING
             and f.default_factory is dataclasses.MISSING
         ):
-            problems.append(f"{prefix}{name}: required key is missing")
-    if problems:
+            mine.append(f"{prefix}{name}: required key is missing")
+    problems.extend(mine)
+    if mine:
         return None  # type: ignore[return-value]
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

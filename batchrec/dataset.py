@@ -6,7 +6,6 @@ Every stage after ingest reads its data through `PreparedDataset`; ingest writes
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,7 +26,7 @@ class PreparedDataset:
     @classmethod
     def open(cls, url: str) -> PreparedDataset:
         meta_url = storage.join(url, schema.METADATA)
-        if not storage.exists(meta_url) or not storage.is_published(url):
+        if not storage.is_published(url, schema.METADATA):
             raise UserError(
                 "no prepared dataset here",
                 where=url,
@@ -175,7 +174,7 @@ def write_prepared(
     metadata = {
         "format_version": schema.PREPARED_FORMAT_VERSION,
         "batchrec_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": schema.created_at(),
         "source": source,
         "params": params,
         "stats": stats,

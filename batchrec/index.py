@@ -8,7 +8,6 @@ Factory choice and search-parameter tuning live in `batchrec.ann`.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import tempfile
 import time
@@ -19,35 +18,38 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchrec import __version__, schema, storage, workspace
+from batchrec import __version__, log, schema, storage, workspace
 from batchrec.errors import UserError
-from batchrec.log import get, set_stage
 
 if TYPE_CHECKING:
     import faiss
 
 # faiss (via batchrec.ann) is imported inside the functions that need it, so that reading a job
 # config that holds an IndexBuildConfig stays cheap.
-METRICS = ("ip", "l2")  # = batchrec.ann.METRICS
 
-log = get("index")
+_log = log.get("index")
 
 
 @dataclass
 class IndexBuildConfig:
     """Where the embeddings come from and where the index goes (all optional: defaults follow the run)."""
 
-    embeddings: str | None = None  # an item_embeddings/ table; default {run}/item_embeddings
-    run: str | None = None  # a scoring run; default the newest published one in the workspace
-    out: str | None = None  # default {run}/index (beside the embeddings)
-    factory: str | None = None  # faiss index_factory string; default ann.default_factory(n, d)
-    metric: str = "ip"
-    user_embeddings: str | None = None  # queries to tune nprobe/efSearch on; default {run}/user_embeddings
-    model: str = "sasrec"  # which model's runs to search for the latest one
-    workspace: str | None = None
+    embeddings: str | None = None  # an item_embeddings/ table; default: {run}/item_embeddings
+    run: str | None = None  # a scoring run; default: the newest published one of `model`
+    out: str | None = None  # destination; default: {run}/index (beside the embeddings)
+    # FAISS index_factory string; default: Flat up to 50k items, else IVF{~4·√n},Flat
+    factory: str | None = None
+    metric: str = "ip"  # ip (inner product) or l2
+    user_embeddings: str | None = None  # queries to tune nprobe/efSearch on; default: {run}/user_embeddings
+    model: str = "sasrec"  # whose newest run to index when neither URL is given
+    workspace: str | None = None  # workspace for default locations
 
     def validate(self) -> list[str]:
-        return [] if self.metric in METRICS else [f"metric must be one of {', '.join(METRICS)}"]
+        return (
+            []
+            if self.metric in schema.INDEX_METRICS
+            else [f"metric must be one of {', '.join(schema.INDEX_METRICS)}"]
+        )
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Index:
 
         from batchrec import ann
 
-        if not storage.exists(storage.join(url, schema.INDEX_FILE)) or not storage.is_published(url):
+        if not storage.is_published(url, schema.INDEX_FILE, schema.METADATA):
             raise UserError(
                 "no published FAISS index here", where=url, fix="build one with `batchrec index build`"
             )
@@ -101,9 +103,9 @@ def parse_id(text: str, type_: pa.DataType, what: str) -> Any:
 def latest_run(ws: str | None, model: str) -> str:
     """The newest `dt=` run of `model` whose `_SUCCESS` exists."""
     root = workspace.outputs_root(workspace.root(ws), model)
-    for name in sorted((n for n in storage.ls(root) if n.startswith("dt=")), reverse=True):
-        if storage.is_published(storage.join(root, name)):
-            return storage.join(root, name)
+    url = workspace.newest(root, prefix="dt=")
+    if url:
+        return url
     raise UserError(
         f"no published scoring run for model {model!r}",
         where=root,
@@ -147,7 +149,7 @@ def _resolve(cfg: IndexBuildConfig) -> tuple[str, str, str | None]:
     else:
         run = run or latest_run(cfg.workspace, cfg.model)
         embeddings = storage.join(run, schema.ITEM_EMBEDDINGS)
-    out = cfg.out or storage.join(run, schema.INDEX_DIR)
+    out = cfg.out or workspace.index_dir(run)
     users = cfg.user_embeddings or storage.join(run, schema.USER_EMBEDDINGS)
     return embeddings, out, users if storage.exists(users) else None
 
@@ -158,7 +160,7 @@ def build(cfg: IndexBuildConfig) -> str:
 
     from batchrec import ann
 
-    set_stage("index")
+    log.set_stage("index")
     embeddings, out, users_url = _resolve(cfg)
     t0 = time.perf_counter()
     ids, vectors = read_embeddings(embeddings, "item_id")
@@ -173,7 +175,7 @@ def build(cfg: IndexBuildConfig) -> str:
                 fix="use item and user embeddings from the same scoring run",
             )
     factory = cfg.factory or ann.default_factory(*vectors.shape)
-    log.info(f"building {factory!r} ({cfg.metric}) over {len(ids):,} items, d={vectors.shape[1]}")
+    _log.info(f"building {factory!r} ({cfg.metric}) over {len(ids):,} items, d={vectors.shape[1]}")
     index, info = ann.build_index_with_info(vectors, factory, cfg.metric, tune_queries=tune)
     meta = {
         "factory": info.factory,
@@ -192,7 +194,7 @@ def build(cfg: IndexBuildConfig) -> str:
         "built_on_gpu": info.gpu,
         "embeddings": embeddings,
         "batchrec_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "created_at": schema.created_at(),
     }
     with storage.staged_dir(out) as stage, tempfile.TemporaryDirectory(prefix="batchrec-index-") as tmp:
         local = os.path.join(tmp, schema.INDEX_FILE)
@@ -201,7 +203,7 @@ def build(cfg: IndexBuildConfig) -> str:
         rows = pa.table({"row": pa.array(np.arange(len(ids), dtype=np.int64)), "item_id": ids})
         storage.write_parquet(rows, storage.join(stage, schema.INDEX_IDS))
         storage.write_json(storage.join(stage, schema.METADATA), meta)
-    log.info(f"index published at {out} ({info.search_params or 'exact'}, {meta['build_time_s']}s)")
+    _log.info(f"index published at {out} ({info.search_params or 'exact'}, {meta['build_time_s']}s)")
     return out
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrec import config, log, schema, storage, workspace
+from batchrec import config, distributed, log, schema, storage, workspace
 from batchrec.data.prepare import PrepareConfig
 from batchrec.data.synth import SynthConfig
 from batchrec.errors import UserError
@@ -104,39 +104,10 @@ class JobConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             errs.append(f"stages: unknown {unknown} (valid: {', '.join(STAGES)})")
-        if self.date is not None:
-            try:
-                dt.date.fromisoformat(self.date)
-            except ValueError:
-                errs.append(f"date: {self.date!r} is not YYYY-MM-DD")
+        errs += schema.check_date("date", self.date)
         if "prepare" in self.stages and self.prepare is None:
             errs.append("prepare: the section is required when `prepare` is a stage (set prepare.input)")
         return errs
-
-
-@dataclass
-class RunPaths:
-    run: str
-    synth: str
-    prepare: str
-    train: str
-    evaluate: str
-    score: str
-    index: str
-
-    @classmethod
-    def of(cls, ws: str, name: str, date: str, model: str) -> RunPaths:
-        run = storage.join(ws, "runs", name, f"dt={date}")
-        out = workspace.run_dir(workspace.outputs_root(ws, model), date)
-        return cls(
-            run=run,
-            synth=storage.join(run, "raw"),
-            prepare=storage.join(run, "prepared"),
-            train=storage.join(run, "checkpoint"),
-            evaluate=storage.join(run, "evaluation"),
-            score=out,
-            index=storage.join(out, schema.INDEX_DIR),
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +175,7 @@ def load(path: str, overrides: list[str] | None = None, date: str | None = None)
     raw["workspace"] = ws
     train, score = _section(raw, "train"), _section(raw, "score")
     model = str(score.get("model") or train.get("model") or TrainConfig().model)
-    paths = RunPaths.of(ws, str(raw.get("name") or "job"), raw["date"], model)
+    paths = workspace.RunPaths.of(ws, str(raw.get("name") or "job"), raw["date"], model)
     for sec in ("synth", "train", "evaluate", "score", "index"):
         _section(raw, sec).setdefault("workspace", ws)
     _section(raw, "synth").setdefault("out", paths.synth)
@@ -244,9 +215,9 @@ def load(path: str, overrides: list[str] | None = None, date: str | None = None)
     return config.from_dict(JobConfig, raw, where=path)
 
 
-def paths_of(job: JobConfig) -> RunPaths:
+def paths_of(job: JobConfig) -> workspace.RunPaths:
     """The artifact URLs of this run, as wired into the stage sections."""
-    base = RunPaths.of(workspace.root(job.workspace), job.name, str(job.date), job.score.model)
+    base = workspace.RunPaths.of(workspace.root(job.workspace), job.name, str(job.date), job.score.model)
     return dataclasses.replace(
         base,
         synth=job.synth.out or base.synth,
@@ -292,7 +263,7 @@ class RunReport:
     run_id: str
     run_url: str
     status: str = "running"  # running | ok | failed | gate_failed
-    started_at: str = field(default_factory=lambda: _now())
+    started_at: str = field(default_factory=schema.created_at)
     finished_at: str | None = None
     stages: list[StageResult] = field(default_factory=list)
 
@@ -302,17 +273,8 @@ class RunReport:
         return "\n".join([head, *(s.line() for s in self.stages), f"{'total':<9} {'':<8} {total:7.1f}s"])
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _is_rank0() -> bool:
-    # Under torchrun every rank runs the same job; only rank 0 writes the run's records.
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _write_manifest(job: JobConfig, report: RunReport) -> None:
-    if not _is_rank0():
+    if not distributed.is_main():
         return
     body = dataclasses.asdict(report)
     body["config"] = dataclasses.asdict(job)
@@ -343,15 +305,10 @@ def _earlier_stages(run_url: str) -> dict[str, StageResult]:
 
 def previous_checkpoint(job: JobConfig) -> str | None:
     """The newest published checkpoint of this job from a date before this run's."""
-    runs = storage.join(workspace.root(job.workspace), "runs", job.name)
-    dates = sorted(
-        (n for n in storage.ls(runs) if n.startswith("dt=") and n[3:] < str(job.date)), reverse=True
+    runs = workspace.runs_root(workspace.root(job.workspace), job.name)
+    return workspace.newest(
+        runs, prefix="dt=", before=workspace.date_dir(str(job.date)), inside=workspace.RUN_CHECKPOINT
     )
-    for d in dates:
-        ckpt = storage.join(runs, d, "checkpoint")
-        if storage.is_published(ckpt):
-            return ckpt
-    return None
 
 
 def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
@@ -389,7 +346,7 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
                 report.stages.append(StageResult(stage, "skipped", url=url, figures=_figures(stage, url)))
             else:
                 log.set_stage(stage)
-                if _is_rank0():
+                if distributed.is_main():
                     _clear_stale_staging(url)
                 result = StageResult(stage, "failed", url=url)
                 report.stages.append(result)
@@ -397,7 +354,7 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
                 t0 = time.monotonic()
                 runners[stage]()
                 result.seconds = time.monotonic() - t0
-                if _is_rank0() and not storage.is_published(url):
+                if distributed.is_main() and not storage.is_published(url):
                     raise UserError(
                         f"the {stage} stage finished without publishing its output",
                         where=url,
@@ -418,7 +375,7 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
         report.status = "ok"
     finally:
         log.set_stage("pipeline")
-        report.finished_at = _now()
+        report.finished_at = schema.created_at()
         _write_manifest(job, report)
     return report
 
@@ -441,10 +398,10 @@ def _evaluate(job: JobConfig, out: str) -> None:
     from batchrec import evaluate
 
     result = evaluate.run(job.evaluate)
-    if not _is_rank0():
+    if not distributed.is_main():
         return
     with storage.staged_dir(out) as stage:
-        storage.write_json(storage.join(stage, EVALUATION), {"created_at": _now(), **result})
+        storage.write_json(storage.join(stage, EVALUATION), {"created_at": schema.created_at(), **result})
 
 
 def _score(job: JobConfig) -> str:
@@ -459,7 +416,7 @@ def _index(job: JobConfig) -> str:
     return index.build(job.index)
 
 
-def _gate(job: JobConfig, paths: RunPaths, report: RunReport) -> None:
+def _gate(job: JobConfig, paths: workspace.RunPaths, report: RunReport) -> None:
     """Refuse to go on to scoring when the evaluated model is worse than the floor or popularity."""
     gate = job.gate
     if not gate.enabled:
@@ -501,7 +458,7 @@ def _gate(job: JobConfig, paths: RunPaths, report: RunReport) -> None:
     _log.info("quality gate passed: %s", "  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
 
 
-def _check_policy(job: JobConfig, paths: RunPaths, ev: dict[str, Any]) -> None:
+def _check_policy(job: JobConfig, paths: workspace.RunPaths, ev: dict[str, Any]) -> None:
     """The evaluation must have been made under the policy score publishes with: an evaluation
     published by an earlier attempt with another policy would let the gate judge other lists."""
     from batchrec.ranking import seen_policy

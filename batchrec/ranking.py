@@ -1,5 +1,6 @@
-"""Rank metrics and the seen-item policy: what training validation, `evaluate`, the quality
-gate and `score` share, so an evaluation measures exactly what the published lists can reach.
+"""Full-ranking quality: the split, the metrics and the seen-item policy that training validation,
+`evaluate`, the quality gate and `score` share, so an evaluation measures exactly what the
+published lists can reach.
 
 Seen-item policies (`exclude_seen`):
 - `history` (default): every item of the input history is masked, the target included, so a
@@ -9,14 +10,23 @@ Padding (column 0) is always masked.
 
 Ties count against the model: rank = 1 + #items scoring higher + #other items scoring the same.
 
-Pure functions (arrays or tensors in, numbers out); torch is imported only where tensors are used.
+`SplitData` holds one split's histories and targets as flat arrays; `evaluate_model` ranks a
+model's scores for them. torch is imported only where tensors are used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from batchrec import log
+from batchrec.batching import left_padded, ranges
+from batchrec.errors import UserError
+
+if TYPE_CHECKING:
+    from batchrec.dataset import PreparedDataset
 
 SEEN_POLICIES = ("history", "none")
 DEFAULT_SEEN_POLICY = "history"
@@ -86,3 +96,89 @@ def rank_metrics(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
 def coverage(topk_items: np.ndarray, n_items: int) -> float:
     """Fraction of the catalogue (items 1..N) appearing in at least one top-k list (0 = empty slot)."""
     return float(len(np.unique(topk_items[topk_items > 0]))) / n_items
+
+
+@dataclass
+class SplitData:
+    """What evaluating one split needs, as flat arrays (built once, reused every epoch)."""
+
+    n_items: int
+    items: np.ndarray  # all users' histories, concatenated
+    starts: np.ndarray  # (U,) where each evaluated user's history starts in `items`
+    ends: np.ndarray  # (U,) history end = start + target position
+    targets: np.ndarray  # (U,) target internal item ids
+
+    @classmethod
+    def from_dataset(cls, ds: PreparedDataset, split: str, max_users: int | None = None, seed: int = 0):
+        _, offsets, items, _ = ds.flat_sequences()
+        rows, positions, targets = ds.split_targets(split)
+        if len(rows) == 0:
+            raise UserError(
+                f"the dataset has no {split!r} targets", where=ds.url, fix="use --split test or valid"
+            )
+        if max_users and len(rows) > max_users:
+            pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_users, replace=False))
+            rows, positions, targets = rows[pick], positions[pick], targets[pick]
+        return cls(ds.n_items, items, offsets[rows], offsets[rows] + positions, targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def translated(self, vocab) -> SplitData:
+        """The split in a checkpoint's item ids (`checkpoint.Vocabulary`), as `score` sees it:
+        unknown items dropped from histories; a target the model does not know, or a user left
+        with no known item (who gets no published list), is a miss."""
+        mapped = vocab.to_model[self.items]
+        known = mapped > 0
+        new_pos = np.concatenate([[0], np.cumsum(known)])  # position in the kept items
+        starts, ends = new_pos[self.starts], new_pos[self.ends]
+        targets = np.where(ends > starts, vocab.to_model[self.targets], 0)  # 0 = padding: never ranked
+        return SplitData(len(vocab.items), mapped[known], starts, ends, targets)
+
+
+def evaluate_model(
+    model,
+    data: SplitData,
+    ks: list[int],
+    *,
+    policy: str = DEFAULT_SEEN_POLICY,
+    batch_size: int = 256,
+    device="cpu",
+    progress: bool = False,
+) -> dict[str, float]:
+    """HR@k, NDCG@k, MRR and Coverage@k of `model` (a `SeqRecModel`) on a split under `policy`."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    ranks, topk = [], []
+    kmax = max(ks)
+    bar = log.Progress(len(data), desc="evaluate", unit="users", enabled=progress)
+    with torch.no_grad():
+        item_vecs = model.item_embeddings().float().to(device)  # (N + 1, d)
+        for lo in range(0, len(data), batch_size):
+            sl = slice(lo, lo + batch_size)
+            starts, ends = data.starts[sl], data.ends[sl]
+            seqs = torch.from_numpy(left_padded(data.items, starts, ends, model.max_len)).to(device)
+            lengths = torch.from_numpy(np.minimum(ends - starts, model.max_len)).to(device)
+            scores = model.encode(seqs, lengths).float() @ item_vecs.T  # (B, N + 1)
+            seen_len = ends - starts
+            seen_rows = torch.from_numpy(np.repeat(np.arange(len(starts)), seen_len)).to(device)
+            seen_items = torch.from_numpy(data.items[ranges(starts, ends)]).to(device)
+            targets = torch.from_numpy(data.targets[sl]).to(device)
+            mask_seen(scores, seen_rows, seen_items, policy)
+            ranks.append(target_ranks(scores, targets).cpu().numpy())
+            top = scores.topk(min(kmax, scores.shape[1] - 1), dim=1)
+            # a masked slot is no recommendation (a published list is shorter there), and a user
+            # with no history item the model knows gets no list at all
+            none = torch.from_numpy(seen_len == 0).to(device)[:, None]
+            topk.append(top.indices.masked_fill(torch.isneginf(top.values) | none, 0).cpu().numpy())
+            bar.update(len(starts))
+    bar.close()
+    model.train(was_training)
+    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
+    out = rank_metrics(all_ranks, ks)
+    all_topk = np.concatenate(topk) if topk else np.zeros((0, kmax), dtype=np.int64)
+    for k in ks:
+        out[f"Coverage@{k}"] = coverage(all_topk[:, :k], data.n_items)
+    return out

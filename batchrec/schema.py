@@ -46,7 +46,26 @@ FAISS index (output of `batchrec index build`), under INDEX/:
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
+
+
+def created_at() -> str:
+    """The `created_at` every artifact's metadata carries (and "newest" compares): UTC, ISO seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_date(key: str, value: str | None) -> list[str]:
+    """Config validation errors for a run date (the `dt=` of a run's directory)."""
+    if value is None:
+        return []
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return [f"{key}: {value!r} is not a date YYYY-MM-DD"]
+    return []
+
 
 SCHEMA_VERSION = 1
 PREPARED_FORMAT_VERSION = 1
@@ -91,6 +110,7 @@ ITEM_EMBEDDINGS = "item_embeddings"
 TOPK = "topk"
 MANIFEST = "manifest.json"
 INDEX_DIR = "index"
+INDEX_METRICS = ("ip", "l2")  # inner product, Euclidean: the `metric` of an index's metadata.json
 MANIFEST_KEYS = (
     "schema_version",
     "batchrec_version",

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from batchrec import export, log, ranking, schema, storage, workspace
+from batchrec import batching, distributed, export, log, ranking, schema, storage, workspace
 from batchrec.errors import RetryableError, UserError
 
 _log = log.get("score")
@@ -44,23 +44,23 @@ _log = log.get("score")
 
 @dataclass
 class ScoreConfig:
-    model: str = "sasrec"
+    model: str = "sasrec"  # model name (as trained)
     checkpoint: str | None = None  # default: the workspace's latest checkpoint of `model`
-    data: str | None = None  # default: the workspace's latest prepared dataset
-    out: str | None = None  # the run directory; default: {ws}/outputs/{model}/dt={date}
-    workspace: str | None = None
-    date: str | None = None  # YYYY-MM-DD, default today (UTC)
-    k: int = 100
+    data: str | None = None  # prepared dataset; default: the workspace's latest
+    out: str | None = None  # the run directory to publish; default: {workspace}/outputs/{model}/dt={date}
+    workspace: str | None = None  # workspace for default locations
+    date: str | None = None  # run date YYYY-MM-DD; default: today (UTC)
+    k: int = 100  # items per user in the top-k table
     batch_size: int = 4096  # users per Ray Data batch (one Parquet part per batch)
     num_workers: int | None = None  # scorer actors; default: one per GPU, else one per spare CPU
     gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs (and torch threads) per scorer actor
     # torch threads per CPU actor, default cpus_per_worker; more than the Ray CPUs it reserves
     # lets one actor use a small machine's every core while its read tasks still get scheduled.
     threads_per_worker: int | None = None
-    ray_address: str | None = None  # default: RAY_ADDRESS, else a local Ray
-    topk_layout: Literal["lists", "exploded"] = "lists"
-    retrieval: Literal["exact", "faiss"] = "exact"
+    ray_address: str | None = None  # Ray cluster to join (e.g. ray://head:10001); default: a local Ray
+    topk_layout: Literal["lists", "exploded"] = "lists"  # one row per user, or one per (user, rank)
+    retrieval: Literal["exact", "faiss"] = "exact"  # exact (chunked matmul) or faiss (ANN, huge catalogues)
     recall_sample: int = 1000  # users on which --retrieval faiss is compared with exact
     # Seconds without a completed batch before the run is stopped (exit 75, nothing published).
     # None: 600 s until the first batch (actor start-up, model load), then 10× the slowest
@@ -84,26 +84,11 @@ class ScoreConfig:
             errs.append(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.exclude_seen is not None:
             errs += ranking.check_seen_policy(self.exclude_seen)
-        if self.date is not None:
-            try:
-                dt.date.fromisoformat(self.date)
-            except ValueError:
-                errs.append(f"date must be YYYY-MM-DD, got {self.date!r}")
-        return errs
+        return errs + schema.check_date("date", self.date)
 
 
 # ---------------------------------------------------------------------------------------------
 # The Scorer: one batch of users → vectors and exact top-k, on CPU or GPU, without Ray.
-
-
-def left_pad(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, T) int64 LEFT-padded with 0 — the last `max_len` items of each history — and lengths."""
-    lengths = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
-    seqs = np.zeros((len(histories), max(int(lengths.max(initial=0)), 1)), dtype=np.int64)
-    for row, (h, n) in enumerate(zip(histories, lengths, strict=True)):
-        if n:
-            seqs[row, -n:] = h[-n:]
-    return seqs, lengths
 
 
 class Scorer:
@@ -139,7 +124,7 @@ class Scorer:
 
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = distributed.device(device or "auto")
         self.model, self.meta = ckpt.load(checkpoint, map_location=self.device)
         with torch.no_grad():
             self.items = self.model.item_embeddings().detach().float().contiguous()  # (N + 1, d)
@@ -171,7 +156,7 @@ class Scorer:
         with torch.inference_mode(), autocast:
             for s in range(0, len(order), self.encode_batch):
                 rows = order[s : s + self.encode_batch]
-                seqs, lengths = left_pad([histories[r] for r in rows], self.model.max_len)
+                seqs, lengths = batching.left_pad([histories[r] for r in rows], self.model.max_len)
                 vec = self.model.encode(
                     torch.from_numpy(seqs).to(self.device), torch.from_numpy(lengths).to(self.device)
                 )
@@ -342,7 +327,7 @@ def resolve(cfg: ScoreConfig) -> _Inputs:
     date = cfg.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     ckpt = workspace.require_checkpoint(ws, cfg.model, cfg.checkpoint)
     data = workspace.require_prepared(ws, cfg.data)
-    out = cfg.out or workspace.run_dir(workspace.outputs_root(ws, cfg.model), date)
+    out = cfg.out or workspace.score_run(ws, cfg.model, date)
     return _Inputs(checkpoint=ckpt, data=data, out=out, date=date)
 
 
@@ -501,7 +486,7 @@ def run(cfg: ScoreConfig) -> str:
                 cluster={"nodes": counts["nodes"], "scorer_actors": counts["actors"]},
                 timings_s={k: round(v, 3) for k, v in timings.items()},
                 retrieval_recall=recall,
-                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                created_at=schema.created_at(),
                 config={k: v for k, v in asdict(cfg).items() if k != "fault"},
             ),
         )

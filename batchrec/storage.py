@@ -212,8 +212,9 @@ def upload(local: str, url: str) -> None:
         fs.put_file(local, path)
 
 
-def is_published(url: str) -> bool:
-    return exists(join(url, SUCCESS))
+def is_published(url: str, *files: str) -> bool:
+    """Whether `url` is a published directory (its `_SUCCESS` exists) holding every one of `files`."""
+    return exists(join(url, SUCCESS)) and all(exists(join(url, f)) for f in files)
 
 
 def staging_url(final_url: str) -> str:

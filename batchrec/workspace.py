@@ -1,11 +1,14 @@
-"""Default locations inside a workspace, so `batchrec score --model sasrec` needs no flags.
+"""Where every artifact lives: the workspace's default locations (so `batchrec score --model
+sasrec` needs no flags) and a job run's layout (`RunPaths`), read by the CLI and the job runner.
 
 The workspace is `--workspace`, else `BATCHREC_WORKSPACE`, else `./batchrec-workspace`, and
 may be any fsspec URL. Layout:
     {ws}/raw/synth/                      `batchrec data synth` default output
     {ws}/prepared/{name}/                prepared datasets (`data prepare` default: name of the input)
     {ws}/checkpoints/{model}/{stamp}/    `batchrec train` default output
-    {ws}/outputs/{model}/dt={date}/      `batchrec score` default output
+    {ws}/outputs/{model}/dt={date}/      `batchrec score` default output: the published tables
+    {ws}/outputs/{model}/dt={date}/index/   `batchrec index build` default output
+    {ws}/runs/{job}/dt={date}/           a job's own artifacts (see `RunPaths`)
 "Latest" means the published artifact with the newest `created_at` in its metadata.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from batchrec import schema, storage
 from batchrec.errors import UserError
@@ -42,46 +46,102 @@ def outputs_root(ws: str, model: str) -> str:
     return storage.join(ws, "outputs", model)
 
 
-def run_dir(out_root: str, date: str) -> str:
-    return storage.join(out_root, f"dt={date}")
+def date_dir(date: str) -> str:
+    """The name of a date's directory: Hive-style, so Spark, DuckDB and warehouses see a `dt` column."""
+    return f"dt={date}"
+
+
+def score_run(ws: str, model: str, date: str) -> str:
+    return storage.join(outputs_root(ws, model), date_dir(date))
+
+
+def index_dir(run: str) -> str:
+    return storage.join(run, schema.INDEX_DIR)
+
+
+def runs_root(ws: str, job: str) -> str:
+    return storage.join(ws, "runs", job)
+
+
+RUN_CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class RunPaths:
+    """A job run's artifacts: R = {ws}/runs/{job}/dt={date}/ holds the run's own, the scoring
+    run and its index are the workspace's published outputs."""
+
+    run: str  # R/ (run.json)
+    synth: str  # R/raw/
+    prepare: str  # R/prepared/
+    train: str  # R/checkpoint/
+    evaluate: str  # R/evaluation/
+    score: str  # {ws}/outputs/{model}/dt={date}/
+    index: str  # {ws}/outputs/{model}/dt={date}/index/
+
+    @classmethod
+    def of(cls, ws: str, job: str, date: str, model: str) -> RunPaths:
+        run = storage.join(runs_root(ws, job), date_dir(date))
+        out = score_run(ws, model, date)
+        return cls(
+            run=run,
+            synth=storage.join(run, "raw"),
+            prepare=storage.join(run, "prepared"),
+            train=storage.join(run, RUN_CHECKPOINT),
+            evaluate=storage.join(run, "evaluation"),
+            score=out,
+            index=index_dir(out),
+        )
 
 
 def stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
 
 
-def latest(parent_url: str, meta_file: str, *, skip: Callable[[dict], bool] | None = None) -> str | None:
-    """The published child of `parent_url` whose `meta_file` has the newest `created_at`.
+def newest(
+    parent_url: str,
+    *,
+    meta_file: str | None = None,
+    skip: Callable[[dict], bool] | None = None,
+    prefix: str = "",
+    before: str | None = None,
+    inside: str | None = None,
+) -> str | None:
+    """The newest published child of `parent_url` (or that child's `inside` subdirectory).
 
-    Children whose metadata satisfies `skip` are passed over.
+    Newest = the latest `created_at` in the child's `meta_file` when one is named (children
+    whose metadata satisfies `skip` are passed over), else the greatest name, so run
+    directories `dt=YYYY-MM-DD` sort by date. Only names starting with `prefix` and sorting
+    before `before` count; staging (`_…`) and hidden (`.…`) names never do.
     """
     best: tuple[str, str] | None = None
     for name in storage.ls(parent_url):
-        if name.startswith(("_", ".")):
+        if name.startswith(("_", ".")) or not name.startswith(prefix) or (before and name >= before):
             continue
-        child = storage.join(parent_url, name)
-        meta = storage.join(child, meta_file)
-        if not storage.is_published(child) or not storage.exists(meta):
+        url = storage.join(parent_url, name, inside) if inside else storage.join(parent_url, name)
+        if not storage.is_published(url, *([meta_file] if meta_file else [])):
             continue
-        info = storage.read_json(meta)
-        if skip is not None and skip(info):
-            continue
-        created = str(info.get("created_at", ""))
-        if best is None or (created, child) > best:
-            best = (created, child)
+        key = name
+        if meta_file:
+            info = storage.read_json(storage.join(url, meta_file))
+            if skip is not None and skip(info):
+                continue
+            key = str(info.get("created_at", ""))
+        if best is None or (key, url) > best:
+            best = (key, url)
     return best[1] if best else None
 
 
 def latest_prepared(ws: str) -> str | None:
-    return latest(prepared_root(ws), schema.METADATA)
+    return newest(prepared_root(ws), meta_file=schema.METADATA)
 
 
 def latest_checkpoint(ws: str, model: str) -> str | None:
     # Training republishes its best-so-far checkpoint every epoch with status "training";
     # defaults must only ever pick a finished one.
-    return latest(
+    return newest(
         checkpoints_root(ws, model),
-        schema.CHECKPOINT_META,
+        meta_file=schema.CHECKPOINT_META,
         skip=lambda meta: meta.get("metrics", {}).get("status") == "training",
     )
 

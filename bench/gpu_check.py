@@ -23,9 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchrec.models.losses import Loss  # noqa: E402
+from batchrec.batching import windows  # noqa: E402
+from batchrec.models.losses import (
+    Loss,  # noqa: E402
+    Objective,  # noqa: E402
+)
 from batchrec.models.sasrec import SASRec, SASRecConfig  # noqa: E402
-from batchrec.train import Objective, windows  # noqa: E402
 
 FULL = {"users": 6040, "items": 3416, "mean_len": 165, "max_len": 200, "batch_size": 128}
 TINY = {"users": 200, "items": 300, "mean_len": 30, "max_len": 50, "batch_size": 32}

@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from batchrec.evaluate import left_padded, ranges
 from batchrec.ranking import check_seen_policy, coverage, mask_seen, rank_metrics, seen_policy, target_ranks
 from cli import app
 
@@ -62,12 +61,6 @@ def test_seen_policy_validation_and_resolution():
 
 def test_coverage_counts_distinct_real_items():
     assert coverage(np.array([[1, 2], [2, 3], [0, 1]]), n_items=6) == pytest.approx(3 / 6)
-
-
-def test_left_padded_and_ranges():
-    items = np.arange(10, 20)
-    assert left_padded(items, np.array([0, 5]), np.array([2, 10]), 3).tolist() == [[0, 10, 11], [17, 18, 19]]
-    assert ranges(np.array([2, 7]), np.array([4, 7])).tolist() == [2, 3]
 
 
 def repeats_prepared(url: str) -> str:

@@ -16,11 +16,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from batchrec import checkpoint, export, models, schema, storage
+from batchrec.batching import left_pad
 from batchrec.dataset import PreparedDataset
 from batchrec.errors import RetryableError, UserError
 from batchrec.ids import IdMap
 from batchrec.models.base import SeqRecModel
-from batchrec.score import Pool, ScoreConfig, Scorer, left_pad, pool_size, run
+from batchrec.score import Pool, ScoreConfig, Scorer, pool_size, run
 
 # ---------------------------------------------------------------------------------------------
 # A tiny test model following the shared interface (mean of item vectors → linear).
@@ -92,12 +93,6 @@ def assert_same_topk(got_items, got_scores, want_scores, histories, score_of, at
 
 # ---------------------------------------------------------------------------------------------
 # Scorer and export, without Ray.
-
-
-def test_left_pad_keeps_the_last_max_len_items():
-    seqs, lengths = left_pad([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([], dtype=np.int64)], 3)
-    assert seqs.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
-    assert lengths.tolist() == [3, 1, 0]
 
 
 def test_scorer_equals_bruteforce_and_masks_the_full_history(tmp_path):
@@ -671,7 +666,7 @@ def test_bad_inputs_exit_2_and_publish_nothing(tmp_path):
         "the data's item ids are int64, the checkpoint's are string": [*base, "--data", other],
         "larger than the catalogue (30 items)": [*base, "--data", data, "--k", "31"],
         "is a 'tinyseq' model, not 'pop'": ["--model", "pop", "--checkpoint", ckpt, "--data", data],
-        "date must be YYYY-MM-DD": [*base, "--data", data, "--date", "23/11/2026"],
+        "date: '23/11/2026' is not a date YYYY-MM-DD": [*base, "--data", data, "--date", "23/11/2026"],
     }
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -90,6 +90,33 @@ def test_nested_sections_are_validated_too():
         config.from_dict(Outer, {"checked": {"epochs": 0}})
 
 
+def test_a_bad_section_does_not_hide_the_checks_of_the_next():
+    # Was: once one section had a problem, later sections were neither built nor validated.
+    with pytest.raises(UserError) as e:
+        config.from_dict(Outer, {"inner": {"dimm": 3}, "checked": {"epochs": 0}})
+    assert "inner.dimm: unknown key" in str(e.value) and "checked.epochs must be ≥ 1" in str(e.value)
+
+
+def test_newest_published_by_created_at_or_by_date_name(tmp_path):
+    from batchrec import workspace
+
+    root = str(tmp_path)
+    for name, created in (("b", "2026-11-20"), ("a", "2026-11-22"), ("c", "2026-11-23")):
+        storage.write_json(storage.join(root, name, "meta.json"), {"created_at": created})
+        if name != "c":  # c is not published
+            storage.write_bytes(storage.join(root, name, storage.SUCCESS), b"")
+    assert workspace.newest(root, meta_file="meta.json") == storage.join(root, "a")
+    for name in ("dt=2026-11-20", "dt=2026-11-21", "dt=2026-11-22", "_staging-dt=2026-11-23-x"):
+        storage.write_bytes(storage.join(root, "runs", name, "checkpoint", storage.SUCCESS), b"")
+    runs = storage.join(root, "runs")
+    storage.write_bytes(storage.join(runs, "dt=2026-11-21", storage.SUCCESS), b"")
+    assert workspace.newest(runs, prefix="dt=") == storage.join(runs, "dt=2026-11-21")
+    assert workspace.newest(runs, prefix="dt=", before="dt=2026-11-22", inside="checkpoint") == storage.join(
+        runs, "dt=2026-11-21", "checkpoint"
+    )
+    assert workspace.newest(runs, prefix="dt=", before="dt=2026-11-20") is None
+
+
 def test_latest_checkpoint_skips_runs_still_training(tmp_path):
     from batchrec import workspace
 

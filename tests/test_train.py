@@ -13,9 +13,7 @@ from typer.testing import CliRunner
 
 from batchrec import checkpoint
 from batchrec.dataset import PreparedDataset
-from batchrec.models import build
-from batchrec.models.losses import Loss
-from batchrec.train import Objective, TrainConfig, run, windows
+from batchrec.train import TrainConfig, run
 from cli import app
 
 runner = CliRunner()
@@ -33,22 +31,6 @@ def synth(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("synth")
     raw = synth_run(SynthConfig(out=str(root / "raw"), users=400, items=400, avg_len=20, seed=0))
     return prepare(PrepareConfig(input=raw, out=str(root / "prepared")))
-
-
-def test_windows_cut_from_the_end_and_never_hold_a_lone_item():
-    items = np.array([1, 2, 3, 4, 5, 6, 7, 8])  # histories [1..5], [6, 7], [8]
-    starts, lengths = np.array([0, 5, 7]), np.array([5, 2, 1])
-    mat, users = windows(items, starts, lengths, width=3, overlap=1)  # causal: windows share one item
-    assert mat.tolist() == [[3, 4, 5], [1, 2, 3], [0, 6, 7]] and users.tolist() == [0, 0, 1]
-    mat, users = windows(items, starts, lengths, width=2, overlap=0)  # cloze: [1] and [8] are dropped
-    assert mat.tolist() == [[4, 5], [2, 3], [6, 7]] and users.tolist() == [0, 0, 1]
-
-
-def test_causal_targets_need_an_item_before_them():
-    objective = Objective(build("sasrec", 10, {"dim": 8, "max_len": 3}), Loss("ce", 10))
-    pick, vecs, targets = objective.targets(torch.tensor([[0, 0, 6, 7], [3, 4, 5, 6]]))
-    # 6 opens the first user's history: nothing before it to predict it from
-    assert targets[pick].tolist() == [7, 4, 5, 6] and vecs.shape == (2, 3, 8)
 
 
 def _train(args: list[str]) -> str:

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from batchrec import flags
+from batchrec import index as index_stage
+from batchrec.index import IndexBuildConfig
+
 app = typer.Typer(no_args_is_help=True)
 
 IndexUrl = Annotated[str, typer.Option("--index", help="A published index directory (e.g. {run}/index).")]
@@ -18,39 +22,17 @@ Embeddings = Annotated[
 ]
 
 
-@app.command()
-def build(
-    embeddings: Annotated[
-        str | None, typer.Option(help="An item_embeddings/ table (default: {run}/item_embeddings).")
-    ] = None,
-    run: Annotated[
-        str | None, typer.Option(help="A scoring run (default: the newest published one of --model).")
-    ] = None,
-    out: Annotated[str | None, typer.Option(help="Destination URL (default: {run}/index).")] = None,
-    factory: Annotated[
-        str | None,
-        typer.Option(
-            help="FAISS index_factory string (default: Flat up to 50k items, else IVF{~4·√n},Flat)."
-        ),
-    ] = None,
-    metric: Annotated[str, typer.Option(help="ip (inner product) or l2.")] = "ip",
-    user_embeddings: Annotated[
-        str | None, typer.Option(help="Queries to tune nprobe/efSearch on (default: {run}/user_embeddings).")
-    ] = None,
-    model: Annotated[
-        str, typer.Option(help="Model whose latest run to index when neither URL is given.")
-    ] = "sasrec",
-    workspace: Annotated[
-        str | None, typer.Option(envvar="BATCHREC_WORKSPACE", help="Workspace URL for default locations.")
-    ] = None,
-) -> None:
-    """Build a FAISS index over a scoring run's item embeddings and publish it atomically."""
-    options = {k: v for k, v in locals().items() if v is not None}
-    from batchrec.config import from_dict
-    from batchrec.index import IndexBuildConfig
-    from batchrec.index import build as build_index
+def _build(cfg: IndexBuildConfig) -> None:
+    typer.echo(index_stage.build(cfg))
 
-    typer.echo(build_index(from_dict(IndexBuildConfig, options, where="command line")))
+
+app.command("build")(
+    flags.command(
+        IndexBuildConfig,
+        _build,
+        doc="Build a FAISS index over a scoring run's item embeddings and publish it atomically.",
+    )
+)
 
 
 @app.command()

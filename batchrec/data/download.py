@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from batchrec import log, storage, workspace
 from batchrec.errors import UserError
 
+_log = log.get("data.download")
+
 OFFICIAL_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 BASE_URL_ENV = "BATCHREC_MOVIELENS_BASE_URL"
 MANIFEST = "_download.json"
@@ -42,11 +44,12 @@ _CHUNK = 1 << 20
 
 @dataclass
 class DownloadConfig:
+    # movielens-100k, movielens-1m, movielens-10m, movielens-20m, movielens-25m or movielens-32m
     name: str
-    dest: str | None = None  # default: {workspace}/raw/movielens
-    base_url: str | None = None  # default: $BATCHREC_MOVIELENS_BASE_URL, else GroupLens
-    workspace: str | None = None
-    timeout_s: float = 60.0
+    dest: str | None = None  # destination; default: {workspace}/raw/movielens
+    base_url: str | None = None  # mirror of the GroupLens datasets folder; default: GroupLens
+    workspace: str | None = None  # workspace for default locations
+    timeout_s: float = 60.0  # seconds without data before the download fails
 
 
 def _fetch(url: str, path: str, timeout_s: float) -> tuple[int, str, str]:
@@ -119,14 +122,13 @@ def run(cfg: DownloadConfig) -> str:
     base = (cfg.base_url or os.environ.get(BASE_URL_ENV) or OFFICIAL_BASE_URL).rstrip("/")
     dest = cfg.dest or storage.join(workspace.root(cfg.workspace), "raw", "movielens")
     folder = storage.join(dest, archive.removesuffix(".zip"))
-    logger = log.get("data.download")
     if storage.is_published(folder) and storage.exists(storage.join(folder, MANIFEST)):
-        logger.info(f"{cfg.name}: already downloaded at {folder}")
+        _log.info(f"{cfg.name}: already downloaded at {folder}")
         return folder
     url = f"{base}/{archive}"
     with tempfile.TemporaryDirectory(prefix="batchrec-download-") as tmp:
         zpath = os.path.join(tmp, archive)
-        logger.info(f"downloading {url}")
+        _log.info(f"downloading {url}")
         n, sha256, md5 = _fetch(url, zpath, cfg.timeout_s)
         if pinned_md5 and base == OFFICIAL_BASE_URL and md5 != pinned_md5:
             raise UserError(
@@ -140,5 +142,5 @@ def run(cfg: DownloadConfig) -> str:
                 storage.join(stage, MANIFEST),
                 {"dataset": cfg.name, "url": url, "bytes": n, "sha256": sha256, "md5": md5, "files": files},
             )
-    logger.info(f"{cfg.name}: {len(files)} files ({n:,} bytes, sha256 {sha256[:12]}…) at {folder}")
+    _log.info(f"{cfg.name}: {len(files)} files ({n:,} bytes, sha256 {sha256[:12]}…) at {folder}")
     return folder

@@ -21,28 +21,31 @@ from batchrec.data import formats, sequences
 from batchrec.dataset import write_prepared
 from batchrec.errors import UserError
 
+_log = log.get("data.prepare")
+
 # Generic file names whose folder names the dataset better (ml-100k/u.data → ml-100k).
 _GENERIC_NAMES = {"u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "interactions.parquet"}
 
 
 @dataclass
 class PrepareConfig:
-    input: str
-    out: str | None = None  # default: {workspace}/prepared/{input name}
+    input: str  # interactions: a file, a Parquet directory or a MovieLens folder (any fsspec URL)
+    out: str | None = None  # destination; default: {workspace}/prepared/{input name}
+    # auto, parquet, csv, tsv, movielens-100k, movielens-dat, recbole, playlist, sasrec-txt
     format: str = "auto"
-    user_col: str | None = None
-    item_col: str | None = None  # several columns, comma-separated, make a composite item
-    time_col: str | None = None
-    rating_col: str | None = None
-    min_rating: float | None = None
-    repeats: Literal["keep", "drop-consecutive", "first"] = "keep"
-    min_user_count: int = 5
-    min_item_count: int = 5
-    split: Literal["loo", "time", "full"] = "loo"
-    valid_quantile: float = 0.8
-    test_quantile: float = 0.9
-    overwrite: bool = False
-    workspace: str | None = None
+    user_col: str | None = None  # user id column; default: detected
+    item_col: str | None = None  # item id column; several, comma-separated, make a composite item
+    time_col: str | None = None  # timestamp column; default: detected
+    rating_col: str | None = None  # rating column; default: detected
+    min_rating: float | None = None  # keep only events rated at least this (implicit feedback)
+    repeats: Literal["keep", "drop-consecutive", "first"] = "keep"  # repeated (user, item) events
+    min_user_count: int = 5  # k-core: minimum events per user (0 disables)
+    min_item_count: int = 5  # k-core: minimum events per item (0 disables)
+    split: Literal["loo", "time", "full"] = "loo"  # leave-one-out, global time quantiles, or none
+    valid_quantile: float = 0.8  # split=time: valid targets after this quantile of time
+    test_quantile: float = 0.9  # split=time: test targets after this quantile of time
+    overwrite: bool = False  # replace a different dataset already at `out`
+    workspace: str | None = None  # workspace for default locations
 
     def validate(self) -> list[str]:
         errs = []
@@ -78,12 +81,11 @@ def run(cfg: PrepareConfig) -> str:
     errs = cfg.validate()
     if errs:
         raise UserError(f"invalid prepare options: {'; '.join(errs)}")
-    logger = log.get("data.prepare")
     out = cfg.out or default_out(cfg.input, cfg.workspace)
     t0 = time.monotonic()
     cols = formats.Columns(user=cfg.user_col, item=cfg.item_col, time=cfg.time_col, rating=cfg.rating_col)
     data = formats.read(cfg.input, cfg.format, cols)
-    logger.info(f"read {data.frame.height:,} interactions ({data.format}) in {time.monotonic() - t0:.1f}s")
+    _log.info(f"read {data.frame.height:,} interactions ({data.format}) in {time.monotonic() - t0:.1f}s")
     if cfg.split == "time" and not data.has_time:
         raise UserError(
             f"--split time needs timestamps and the {data.format} format has none",
@@ -102,8 +104,8 @@ def run(cfg: PrepareConfig) -> str:
     stats = sequences.summary(len(seqs.user_ids), len(seqs.item_ids), lengths)
     stats["splits"] = sequences.split_sizes(sp.train_len, sp.targets)
     if stats["splits"]["valid"] == 0 and stats["splits"]["test"] == 0 and cfg.split != "full":
-        logger.warning(f"the {cfg.split} split produced no evaluation targets")
-    logger.info(
+        _log.warning(f"the {cfg.split} split produced no evaluation targets")
+    _log.info(
         f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions; "
         f"splits {stats['splits']} ({time.monotonic() - t0:.1f}s)"
     )
@@ -118,5 +120,5 @@ def run(cfg: PrepareConfig) -> str:
         stats=stats,
         overwrite=cfg.overwrite,
     )
-    logger.info(f"prepared dataset published at {out} ({time.monotonic() - t0:.1f}s)")
+    _log.info(f"prepared dataset published at {out} ({time.monotonic() - t0:.1f}s)")
     return out

@@ -28,6 +28,8 @@ import pyarrow as pa
 from batchrec import log, storage, workspace
 from batchrec.errors import UserError
 
+_log = log.get("data.synth")
+
 CHUNK_USERS = 50_000  # part of the determinism contract: changing it changes the data
 CLUSTER_SIZE = 50
 MIN_LEN = 5
@@ -38,12 +40,12 @@ T0, SPAN_S, GAP_S = 1_600_000_000, 365 * 86400, 3600.0
 
 @dataclass
 class SynthConfig:
-    out: str | None = None  # default: {workspace}/raw/synth
-    users: int = 5000
-    items: int = 1000
-    avg_len: float = 40.0
-    seed: int = 0
-    workspace: str | None = None
+    out: str | None = None  # destination; default: {workspace}/raw/synth
+    users: int = 5000  # number of users
+    items: int = 1000  # number of items
+    avg_len: float = 40.0  # average events per user (minimum 5)
+    seed: int = 0  # random seed; same seed, same data
+    workspace: str | None = None  # workspace for default locations
 
     def validate(self) -> list[str]:
         errs = []
@@ -141,7 +143,6 @@ def run(cfg: SynthConfig) -> str:
         raise UserError(f"invalid synth options: {'; '.join(errs)}")
     out = cfg.out or workspace.raw_synth(workspace.root(cfg.workspace))
     world = _world(cfg)
-    logger = log.get("data.synth")
     events = 0
     with storage.staged_dir(out) as stage, log.Progress(cfg.users, "synth", unit="users") as bar:
         for index, first in enumerate(range(0, cfg.users, CHUNK_USERS)):
@@ -150,5 +151,5 @@ def run(cfg: SynthConfig) -> str:
             storage.write_parquet(table, storage.join(stage, f"part-{index:05d}.parquet"))
             events += table.num_rows
             bar.update(n_users, events=events)
-    logger.info(f"wrote {events:,} interactions of {cfg.users:,} users over {cfg.items:,} items to {out}")
+    _log.info(f"wrote {events:,} interactions of {cfg.users:,} users over {cfg.items:,} items to {out}")
     return out

@@ -44,6 +44,8 @@ class BERT4Rec(SeqRecModel):
     name = "bert4rec"
     Config = BERT4RecConfig
     causal = False
+    # cloze training predicts ~mask_prob of the positions per epoch, so it improves more slowly
+    patience = 40
     item_tables = ("item_emb.weight", "item_bias")
 
     def __init__(self, n_items: int, config: BERT4RecConfig | None = None):

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("ce", "bce", "sampled", "inbatch")
+from batchrec.errors import UserError
+from batchrec.models import LOSSES
+from batchrec.models.base import SeqRecModel
 
 
 class Loss(nn.Module):
@@ -34,8 +36,6 @@ class Loss(nn.Module):
     ):
         super().__init__()
         if name not in LOSSES:
-            from batchrec.errors import UserError
-
             raise UserError(f"unknown loss {name!r}", fix=f"choose one of: {', '.join(LOSSES)}")
         self.name, self.n_items, self.n_negatives = name, n_items, n_negatives
         counts = item_counts if item_counts is not None else torch.ones(n_items + 1)
@@ -117,3 +117,25 @@ def _own_item_keys(offsets: np.ndarray, items: np.ndarray, n_items: int) -> tupl
     rank = np.arange(len(pairs)) - own_offsets[user]
     keys = user * (n_items + 1) + item - 1 - rank
     return torch.from_numpy(own_offsets), torch.from_numpy(keys)
+
+
+class Objective(nn.Module):
+    """Model + loss as one module, so DDP sees one forward per step.
+
+    `users` (B,) names each window's user row, for losses that draw negatives outside the user's
+    own items. `trim_padding` drops the batch's all-padding columns (a large saving with short
+    histories); it is off under torch.compile, where a data-dependent width would recompile
+    every step."""
+
+    def __init__(self, model: SeqRecModel, loss: Loss, trim_padding: bool = True):
+        super().__init__()
+        self.model, self.loss, self.trim_padding = model, loss, trim_padding
+
+    def forward(
+        self, batch: torch.Tensor, generator: torch.Generator, users: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.trim_padding:
+            batch = batch[:, int((batch > 0).any(dim=0).to(torch.int8).argmax()) :]
+        pick, vecs, targets = self.model.train_batch(batch, generator)
+        owners = users[:, None].expand_as(targets)[pick] if users is not None else None
+        return self.loss(vecs[pick], targets[pick], self.model.item_embeddings(), generator, owners)

@@ -23,6 +23,7 @@ class PopConfig:
 class Popularity(SeqRecModel):
     name = "pop"
     Config = PopConfig
+    trained_by_gradient = False
 
     def __init__(self, n_items: int, config: PopConfig | None = None):
         super().__init__()
