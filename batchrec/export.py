@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrec import __version__, schema, storage
+from batchrec import __version__, schema, storage, workspace
 from batchrec.ids import IdMap
 
 LAYOUTS = ("lists", "exploded")
@@ -101,6 +101,22 @@ def write_part(
         storage.join(run_url, schema.TOPK, name),
     )
     return len(user_idx)
+
+
+def publish_run(staging: str, run_url: str, *, success_marker: bool = True) -> None:
+    """Publish a staged scoring run: `staging` holds {table}/part-*.parquet and manifest.json.
+
+    Each table's directory becomes the date's partition {out}/{table}/dt=D, replacing that
+    partition only (other dates stay); the run record {out}/_runs/dt=D gets the manifest and,
+    last, `_SUCCESS`. The record's old `_SUCCESS` goes first, so while partitions are being
+    swapped the date reads as incomplete — never as a mix of two runs that claims to be whole.
+    A date's old FAISS index is removed with its item embeddings."""
+    storage.remove(storage.join(run_url, storage.SUCCESS))
+    for table in schema.TABLES:
+        storage.publish(storage.join(staging, table), workspace.table_url(run_url, table))
+    # an index of the date's old item embeddings would no longer match them
+    storage.remove(workspace.index_dir(run_url))
+    storage.publish(staging, run_url, success_marker=success_marker)
 
 
 def count_rows(dir_url: str) -> int:

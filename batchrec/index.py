@@ -1,8 +1,8 @@
 """The index stage: a FAISS index over a scoring run's item embeddings — build, query, eval.
 
 Layout (see `batchrec.schema`): INDEX/index.faiss, ids.parquet (row → external item id),
-metadata.json, _SUCCESS. The default INDEX is `{run}/index/`, beside the embeddings it indexes;
-it is published as its own staged directory because the run's `_SUCCESS` already exists.
+metadata.json, _SUCCESS. The default INDEX is `{out}/index/dt={date}/`, beside the table
+partitions of the run it indexes, published as its own staged directory after the run.
 Factory choice and search-parameter tuning live in `batchrec.ann`.
 """
 
@@ -34,13 +34,16 @@ _log = log.get("index")
 class IndexBuildConfig:
     """Where the embeddings come from and where the index goes (all optional: defaults follow the run)."""
 
-    embeddings: str | None = None  # an item_embeddings/ table; default: {run}/item_embeddings
-    run: str | None = None  # a scoring run; default: the newest published one of `model`
-    out: str | None = None  # destination; default: {run}/index (beside the embeddings)
+    # an item_embeddings table partition; default: the run's ({out}/item_embeddings/dt={date})
+    embeddings: str | None = None
+    # a scoring run ({out}/_runs/dt={date}, what `score` prints); default: the newest published one of `model`
+    run: str | None = None
+    out: str | None = None  # destination; default: {out}/index/dt={date}, beside the run's tables
     # FAISS index_factory string; default: Flat up to 50k items, else IVF{~4·√n},Flat
     factory: str | None = None
     metric: str = "ip"  # ip (inner product) or l2
-    user_embeddings: str | None = None  # queries to tune nprobe/efSearch on; default: {run}/user_embeddings
+    # queries to tune nprobe/efSearch on; default: the run's user_embeddings partition
+    user_embeddings: str | None = None
     model: str = "sasrec"  # whose newest run to index when neither URL is given
     workspace: str | None = None  # workspace for default locations
 
@@ -102,7 +105,7 @@ def parse_id(text: str, type_: pa.DataType, what: str) -> Any:
 
 def latest_run(ws: str | None, model: str) -> str:
     """The newest `dt=` run of `model` whose `_SUCCESS` exists."""
-    root = workspace.outputs_root(workspace.root(ws), model)
+    root = storage.join(workspace.outputs_root(workspace.root(ws), model), schema.RUNS_DIR)
     url = workspace.newest(root, prefix="dt=")
     if url:
         return url
@@ -145,12 +148,12 @@ def _resolve(cfg: IndexBuildConfig) -> tuple[str, str, str | None]:
     run = cfg.run
     if cfg.embeddings:
         embeddings = cfg.embeddings
-        run = run or storage.parent(embeddings)
+        run = run or workspace.run_of_partition(embeddings)
     else:
         run = run or latest_run(cfg.workspace, cfg.model)
-        embeddings = storage.join(run, schema.ITEM_EMBEDDINGS)
+        embeddings = workspace.table_url(run, schema.ITEM_EMBEDDINGS)
     out = cfg.out or workspace.index_dir(run)
-    users = cfg.user_embeddings or storage.join(run, schema.USER_EMBEDDINGS)
+    users = cfg.user_embeddings or workspace.table_url(run, schema.USER_EMBEDDINGS)
     return embeddings, out, users if storage.exists(users) else None
 
 

@@ -12,8 +12,9 @@ into the stage sections unless the job sets them, so a rerun finds what an earli
     R/prepared/                               prepare
     R/checkpoint/                             train
     R/evaluation/evaluation.json              evaluate: metrics + popularity baseline
-    {workspace}/outputs/{model}/dt={date}/    score: the contract downstream readers use
-    {workspace}/outputs/{model}/dt={date}/index/   index: FAISS over that run's item embeddings
+    {workspace}/outputs/{model}/{table}/dt={date}/   score: the tables downstream readers use,
+    {workspace}/outputs/{model}/_runs/dt={date}/     with the date's run record (complete at _SUCCESS)
+    {workspace}/outputs/{model}/index/dt={date}/     index: FAISS over that date's item embeddings
     R/run.json                                run manifest: per-stage status, time, URL, figures
 Every stage output is published all-or-nothing with `_SUCCESS`; a stage whose `_SUCCESS`
 exists is skipped and says so, so a rerun after a crash resumes at the stage that failed and a
@@ -206,12 +207,13 @@ def load(path: str, overrides: list[str] | None = None, date: str | None = None)
     score.setdefault("model", model)
     score.setdefault("checkpoint", paths.train)
     score.setdefault("data", paths.prepare)
-    score.setdefault("out", paths.score)
+    score.setdefault("out", paths.outputs)
     score.setdefault("date", raw["date"])
     index = _section(raw, "index")
     index.setdefault("model", model)
-    index.setdefault("run", paths.score)
-    index.setdefault("out", paths.index)
+    scored = workspace.score_run(str(score["out"]), raw["date"])
+    index.setdefault("run", scored)
+    index.setdefault("out", workspace.index_dir(scored))
     return config.from_dict(JobConfig, raw, where=path)
 
 
@@ -223,7 +225,7 @@ def paths_of(job: JobConfig) -> workspace.RunPaths:
         synth=job.synth.out or base.synth,
         prepare=job.train.data or base.prepare,
         train=job.train.out or base.train,
-        score=job.score.out or base.score,
+        score=workspace.score_run(job.score.out, str(job.date)) if job.score.out else base.score,
         index=job.index.out or base.index,
     )
 

@@ -28,14 +28,25 @@ Checkpoint (output of `batchrec train`), under CKPT/:
     train_state.pt    optimizer/scheduler/epoch state for --resume (optional)
     _SUCCESS
 
-Scoring run (output of `batchrec score`), under RUN/ = {out}/{model}/dt={date}/ by default:
-    user_embeddings/  Parquet parts: user_id, embedding fixed_size_list<float32>[d]
-    item_embeddings/  Parquet parts: item_id, embedding fixed_size_list<float32>[d]
-    topk/             Parquet parts: user_id, item_ids list<item type>, scores list<float32>
-                      (rank order) — or, exploded: user_id, rank int32, item_id, score float32
-    index/            optional FAISS index (see below)
-    manifest.json     see MANIFEST_KEYS
-    _SUCCESS          written last
+Scoring output (`batchrec score`), under OUT/ = {workspace}/outputs/{model}/ by default: three
+tables partitioned by date, laid out the way Hive, Spark, Athena/BigQuery external tables, DuckDB
+and pyarrow discover partitions (each table's directory is one table with a `dt` column), and
+one record per date:
+    topk/dt=DATE/part-*.parquet             user_id, item_ids list<item type>, scores list<float32>
+                                            (rank order) — or, exploded: user_id, rank int32,
+                                            item_id, score float32
+    user_embeddings/dt=DATE/part-*.parquet  user_id, embedding fixed_size_list<float32>[d]
+    item_embeddings/dt=DATE/part-*.parquet  item_id, embedding fixed_size_list<float32>[d]
+    index/dt=DATE/                          optional FAISS index of that date's item embeddings
+    _runs/dt=DATE/manifest.json             the run: see MANIFEST_KEYS
+    _runs/dt=DATE/_SUCCESS                  written last: the date is complete
+A date is complete, every table's partition from one run, only once `_runs/dt=DATE/_SUCCESS`
+exists: a run of the date removes it before it replaces any partition and writes it after the
+last (each partition also gets its own `_SUCCESS`). Readers skip `_`-prefixed names, so neither
+the run records nor a staging directory ever shows up in a table. The run's URL (what `score`
+prints, `index build --run` takes) is OUT/_runs/dt=DATE.
+Schema version 2; version 1 put the date above the tables (OUT/dt=DATE/{table}/), which no
+warehouse can mount as one partitioned table.
 
 FAISS index (output of `batchrec index build`), under INDEX/:
     index.faiss       faiss.write_index output (CPU index)
@@ -67,7 +78,7 @@ def check_date(key: str, value: str | None) -> list[str]:
     return []
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: {table}/dt=DATE/ partitions (1: dt=DATE/{table}/)
 PREPARED_FORMAT_VERSION = 1
 
 # Prepared dataset
@@ -108,7 +119,9 @@ CHECKPOINT_TRAIN_STATE = "train_state.pt"
 USER_EMBEDDINGS = "user_embeddings"
 ITEM_EMBEDDINGS = "item_embeddings"
 TOPK = "topk"
+TABLES = (USER_EMBEDDINGS, ITEM_EMBEDDINGS, TOPK)
 MANIFEST = "manifest.json"
+RUNS_DIR = "_runs"
 INDEX_DIR = "index"
 INDEX_METRICS = ("ip", "l2")  # inner product, Euclidean: the `metric` of an index's metadata.json
 MANIFEST_KEYS = (
@@ -126,6 +139,7 @@ MANIFEST_KEYS = (
     "topk_layout",
     "retrieval",
     "exclude_seen",
+    "tables",
     "vocabulary",
     "rows",
     "timings_s",

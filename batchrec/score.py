@@ -11,8 +11,10 @@ One Ray Data job, the same code on a laptop (`ray.init()` starts a local Ray) an
       → the driver iterates per-batch counts     progress (users, users/s, ETA)
     item_embeddings/ from the driver; row counts checked; manifest.json; publish; _SUCCESS last.
 
-Everything is written under a staging prefix and moved into place only when complete, so a
-failed run publishes nothing and a rerun for the same date replaces the old output whole.
+Everything is written under a staging prefix and moved into place only when complete: each
+table's `dt=DATE` partition ({out}/{table}/dt=DATE/), then the run record {out}/_runs/dt=DATE/
+with the manifest and `_SUCCESS` (`export.publish_run`). A failed run publishes nothing and a
+rerun for the same date replaces that date whole.
 
 Never hanging: the actor pool is sized from what the cluster can give now (one CPU always left
 to the read tasks) and may start with one actor; a stall watchdog stops a run in which no batch
@@ -47,7 +49,8 @@ class ScoreConfig:
     model: str = "sasrec"  # model name (as trained)
     checkpoint: str | None = None  # default: the workspace's latest checkpoint of `model`
     data: str | None = None  # prepared dataset; default: the workspace's latest
-    out: str | None = None  # the run directory to publish; default: {workspace}/outputs/{model}/dt={date}
+    # root of the published tables ({out}/{table}/dt={date}/); default: {workspace}/outputs/{model}
+    out: str | None = None
     workspace: str | None = None  # workspace for default locations
     date: str | None = None  # run date YYYY-MM-DD; default: today (UTC)
     k: int = 100  # items per user in the top-k table
@@ -317,8 +320,9 @@ class ScoreWriter:
 class _Inputs:
     checkpoint: str
     data: str
-    out: str
+    out: str  # the tables' root
     date: str
+    run: str  # {out}/_runs/dt={date}: the run's record, and the URL `score` returns
 
 
 def resolve(cfg: ScoreConfig) -> _Inputs:
@@ -327,8 +331,8 @@ def resolve(cfg: ScoreConfig) -> _Inputs:
     date = cfg.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     ckpt = workspace.require_checkpoint(ws, cfg.model, cfg.checkpoint)
     data = workspace.require_prepared(ws, cfg.data)
-    out = cfg.out or workspace.score_run(ws, cfg.model, date)
-    return _Inputs(checkpoint=ckpt, data=data, out=out, date=date)
+    out = cfg.out or workspace.outputs_root(ws, cfg.model)
+    return _Inputs(checkpoint=ckpt, data=data, out=out, date=date, run=workspace.score_run(out, date))
 
 
 def _pyarrow_fs(url: str):
@@ -410,9 +414,12 @@ def run(cfg: ScoreConfig) -> str:
             f"{vocab.data_items:,}", f"{vocab.known:,}",
         )  # fmt: skip
 
-    _check_writable(inputs.out)
+    _check_writable(inputs.run)
     timings: dict[str, float] = {}
-    with cluster.session(cfg.ray_address) as owned, storage.staged_dir(inputs.out) as stage:
+    with (
+        cluster.session(cfg.ray_address) as owned,
+        storage.staged_dir(inputs.run, publisher=export.publish_run) as stage,
+    ):
         t0 = time.monotonic()
         driver_scorer = Scorer(inputs.checkpoint, k=cfg.k, device="cpu")
         d = driver_scorer.d
@@ -476,6 +483,7 @@ def run(cfg: ScoreConfig) -> str:
                 topk_layout=cfg.topk_layout,
                 retrieval=cfg.retrieval,
                 exclude_seen=policy,
+                tables={t: workspace.table_url(inputs.run, t) for t in schema.TABLES},
                 vocabulary={
                     "items_in_data": vocab.data_items,
                     "items_known_to_model": vocab.known,
@@ -495,9 +503,9 @@ def run(cfg: ScoreConfig) -> str:
         f"{counts['users']:,}",
         timings["score_users"],
         f"{n_users / max(timings['score_users'], 1e-9):,.0f}",
-        inputs.out,
+        inputs.run,
     )
-    return inputs.out
+    return inputs.run
 
 
 def measure_recall(inputs: _Inputs, k: int, sample: int, vocab, policy: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -252,8 +252,11 @@ def publish(staging: str, final_url: str, *, success_marker: bool = True) -> Non
 
 
 @contextlib.contextmanager
-def staged_dir(final_url: str, *, success_marker: bool = True) -> Iterator[str]:
-    """Yield a staging URL to write a whole output into; publish it only if the block succeeds.
+def staged_dir(
+    final_url: str, *, success_marker: bool = True, publisher: Callable[..., None] | None = None
+) -> Iterator[str]:
+    """Yield a staging URL to write a whole output into; publish it only if the block succeeds
+    (with `publisher(staging, final_url, success_marker=…)`, by default `publish`).
 
     On any exception the staging prefix is removed and `final_url` is left as it was.
     """
@@ -266,4 +269,4 @@ def staged_dir(final_url: str, *, success_marker: bool = True) -> Iterator[str]:
         with contextlib.suppress(Exception):
             remove(staging)
         raise
-    publish(staging, final_url, success_marker=success_marker)
+    (publisher or publish)(staging, final_url, success_marker=success_marker)

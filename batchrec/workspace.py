@@ -6,8 +6,9 @@ may be any fsspec URL. Layout:
     {ws}/raw/synth/                      `batchrec data synth` default output
     {ws}/prepared/{name}/                prepared datasets (`data prepare` default: name of the input)
     {ws}/checkpoints/{model}/{stamp}/    `batchrec train` default output
-    {ws}/outputs/{model}/dt={date}/      `batchrec score` default output: the published tables
-    {ws}/outputs/{model}/dt={date}/index/   `batchrec index build` default output
+    {ws}/outputs/{model}/{table}/dt={date}/   `batchrec score` default output: the published tables
+    {ws}/outputs/{model}/_runs/dt={date}/     that date's run record (manifest, _SUCCESS)
+    {ws}/outputs/{model}/index/dt={date}/     `batchrec index build` default output
     {ws}/runs/{job}/dt={date}/           a job's own artifacts (see `RunPaths`)
 "Latest" means the published artifact with the newest `created_at` in its metadata.
 """
@@ -51,12 +52,25 @@ def date_dir(date: str) -> str:
     return f"dt={date}"
 
 
-def score_run(ws: str, model: str, date: str) -> str:
-    return storage.join(outputs_root(ws, model), date_dir(date))
+def score_run(out: str, date: str) -> str:
+    """The URL of a date's scoring run (its record: manifest and `_SUCCESS`) under the tables' root."""
+    return storage.join(out, schema.RUNS_DIR, date_dir(date))
+
+
+def table_url(run: str, table: str) -> str:
+    """The partition of `table` that the scoring run `run` ({out}/_runs/dt=D) wrote: {out}/{table}/dt=D."""
+    return storage.join(storage.parent(storage.parent(run)), table, storage.basename(run))
+
+
+def run_of_partition(partition: str) -> str:
+    """The scoring run that wrote a table partition ({out}/{table}/dt=D → {out}/_runs/dt=D)."""
+    return storage.join(
+        storage.parent(storage.parent(partition)), schema.RUNS_DIR, storage.basename(partition)
+    )
 
 
 def index_dir(run: str) -> str:
-    return storage.join(run, schema.INDEX_DIR)
+    return table_url(run, schema.INDEX_DIR)
 
 
 def runs_root(ws: str, job: str) -> str:
@@ -68,29 +82,32 @@ RUN_CHECKPOINT = "checkpoint"
 
 @dataclass
 class RunPaths:
-    """A job run's artifacts: R = {ws}/runs/{job}/dt={date}/ holds the run's own, the scoring
-    run and its index are the workspace's published outputs."""
+    """A job run's artifacts: R = {ws}/runs/{job}/dt={date}/ holds the run's own; the scored tables
+    and the index are the workspace's published outputs."""
 
     run: str  # R/ (run.json)
     synth: str  # R/raw/
     prepare: str  # R/prepared/
     train: str  # R/checkpoint/
     evaluate: str  # R/evaluation/
-    score: str  # {ws}/outputs/{model}/dt={date}/
-    index: str  # {ws}/outputs/{model}/dt={date}/index/
+    outputs: str  # {ws}/outputs/{model}/: the tables' root (score's `out`)
+    score: str  # {ws}/outputs/{model}/_runs/dt={date}/: the scoring run
+    index: str  # {ws}/outputs/{model}/index/dt={date}/
 
     @classmethod
     def of(cls, ws: str, job: str, date: str, model: str) -> RunPaths:
         run = storage.join(runs_root(ws, job), date_dir(date))
-        out = score_run(ws, model, date)
+        out = outputs_root(ws, model)
+        scored = score_run(out, date)
         return cls(
             run=run,
             synth=storage.join(run, "raw"),
             prepare=storage.join(run, "prepared"),
             train=storage.join(run, RUN_CHECKPOINT),
             evaluate=storage.join(run, "evaluation"),
-            score=out,
-            index=index_dir(out),
+            outputs=out,
+            score=scored,
+            index=index_dir(scored),
         )
 
 

@@ -18,8 +18,10 @@ import pytest
 from conftest import make_tiny_prepared
 from localcluster import LocalCluster
 
-from batchrec import checkpoint, models, schema, storage
+from batchrec import checkpoint, models, schema, storage, workspace
 from batchrec.dataset import PreparedDataset
+
+DATE = "2026-11-23"
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
@@ -46,7 +48,7 @@ def inputs(tmp_path_factory):
 def score_cmd(data: str, ckpt: str, out: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "batchrec", "score", "--model", "sasrec", "--checkpoint", ckpt,
-        "--data", data, "--out", out, "--k", "10", "--batch-size", "100", *extra,
+        "--data", data, "--out", out, "--date", DATE, "--k", "10", "--batch-size", "100", *extra,
     ]  # fmt: skip
 
 
@@ -55,12 +57,13 @@ def local_env() -> dict[str, str]:
 
 
 def tables(run: str) -> dict:
-    users = storage.read_parquet(storage.join(run, schema.USER_EMBEDDINGS)).sort_by("user_id")
-    topk = storage.read_parquet(storage.join(run, schema.TOPK)).sort_by("user_id")
+    users = storage.read_parquet(workspace.table_url(run, schema.USER_EMBEDDINGS)).sort_by("user_id")
+    topk = storage.read_parquet(workspace.table_url(run, schema.TOPK)).sort_by("user_id")
     return {"users": users, "topk": topk, "manifest": storage.read_json(storage.join(run, schema.MANIFEST))}
 
 
-def assert_complete(run: str, data: str) -> dict:
+def assert_complete(out: str, data: str) -> dict:
+    run = workspace.score_run(out, DATE)
     assert storage.is_published(run)
     got = tables(run)
     want_users = sorted(PreparedDataset.open(data).user_map.external.to_pylist())
@@ -119,7 +122,7 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
     out = str(tmp_path / "run")
     driver = (
         "from batchrec.score import ScoreConfig, run; "
-        f"run(ScoreConfig(model='sasrec', checkpoint={ckpt!r}, data={data!r}, out={out!r}, k=10, "
+        f"run(ScoreConfig(model='sasrec', checkpoint={ckpt!r}, data={data!r}, out={out!r}, date={DATE!r}, k=10, "
         "batch_size=100, fault='slow:0.3', stall_timeout_s=60))"
     )
     proc = subprocess.Popen(
@@ -131,7 +134,7 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
     )
     try:
         deadline = time.monotonic() + 180
-        while not glob.glob(str(tmp_path / "_staging-*" / "topk" / "part-*")):
+        while not glob.glob(f"{out}/_runs/_staging-*/topk/part-*"):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no batch was scored in 180 s"
             time.sleep(0.2)
@@ -149,8 +152,8 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
         assert_complete(out, data)
         print("\nthe run survived the lost node")
     else:
-        assert not storage.exists(out), "a failed run published something"
-        assert not glob.glob(str(tmp_path / "_staging-*")), "a failed run left its staging directory"
+        assert not glob.glob(f"{out}/*/dt=*"), "a failed run published something"
+        assert not glob.glob(f"{out}/_runs/_staging-*"), "a failed run left its staging directory"
         print(f"\nthe run failed cleanly (exit {proc.returncode}): {stderr.strip().splitlines()[-1]}")
     # Once Ray has marked the node dead and a replacement has joined (as KubeRay replaces a lost
     # worker pod), a rerun of the same command completes.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest import make_tiny_prepared
 from typer.testing import CliRunner
 
-from batchrec import ann, schema, storage
+from batchrec import ann, schema, storage, workspace
 from cli import app
 
 runner = CliRunner()
@@ -24,8 +25,18 @@ def clustered(n: int, d: int = D, seed: int = 0) -> np.ndarray:
     return centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
 
 
-def write_run(run: str, *, n_items: int = 30, n_users: int = 20, string_ids: bool = True, d: int = D) -> str:
-    """A published scoring run holding only the two embedding tables (ids match make_tiny_prepared)."""
+def write_run(
+    out: str,
+    *,
+    date: str = "2026-11-23",
+    n_items: int = 30,
+    n_users: int = 20,
+    string_ids: bool = True,
+    d: int = D,
+) -> str:
+    """A published scoring run under the tables' root `out`, holding only the two embedding tables
+    (ids match make_tiny_prepared); returns the run's URL."""
+    run = workspace.score_run(out, date)
     items = (
         pa.array([f"i{i}" for i in range(n_items)]) if string_ids else pa.array(np.arange(100, 100 + n_items))
     )
@@ -40,7 +51,7 @@ def write_run(run: str, *, n_items: int = 30, n_users: int = 20, string_ids: boo
     ):
         emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), d)
         table = pa.Table.from_arrays([ids, emb], schema=make(ids.type, d))
-        storage.write_parquet(table, storage.join(run, name, "part-0.parquet"))
+        storage.write_parquet(table, storage.join(workspace.table_url(run, name), "part-0.parquet"))
     storage.write_bytes(storage.join(run, storage.SUCCESS), b"")
     return run
 
@@ -120,7 +131,7 @@ def test_ann_bad_inputs():
 def test_build_query_eval_round_trip(tmp_path, string_ids):
     run = write_run(str(tmp_path / "run"), string_ids=string_ids)
     out = ok("index", "build", "--run", run).strip()
-    assert out == storage.join(run, schema.INDEX_DIR) and storage.is_published(out)
+    assert out == str(tmp_path / "run" / "index" / "dt=2026-11-23") and storage.is_published(out)
     meta = storage.read_json(storage.join(out, schema.METADATA))
     assert meta["factory"] == "Flat" and meta["n"] == 30 and meta["d"] == D and meta["metric"] == "ip"
     ids = storage.read_parquet(storage.join(out, schema.INDEX_IDS))
@@ -133,7 +144,7 @@ def test_build_query_eval_round_trip(tmp_path, string_ids):
     assert [r["score"] for r in res] == sorted((r["score"] for r in res), reverse=True)
 
     user = "u4" if string_ids else "1004"
-    users = storage.join(run, schema.USER_EMBEDDINGS)
+    users = workspace.table_url(run, schema.USER_EMBEDDINGS)
     res = json.loads(
         ok("index", "query", "--index", out, "--user", user, "--user-embeddings", users, "--json")
     )
@@ -150,7 +161,7 @@ def test_query_excludes_seen_items(tmp_path, string_ids):
     out = ok("index", "build", "--run", run).strip()
     user = "u0" if string_ids else "1000"
     args = ["index", "query", "--index", out, "--user", user, "--user-embeddings"]
-    args += [storage.join(run, schema.USER_EMBEDDINGS), "--k", "30", "--json", "--data", data]
+    args += [workspace.table_url(run, schema.USER_EMBEDDINGS), "--k", "30", "--json", "--data", data]
     got = {r["item_id"] for r in json.loads(ok(*args))["results"]}
 
     from batchrec.dataset import PreparedDataset
@@ -164,33 +175,37 @@ def test_query_excludes_seen_items(tmp_path, string_ids):
 def test_text_output_and_explicit_locations(tmp_path):
     run = write_run(str(tmp_path / "run"))
     out = str(tmp_path / "elsewhere" / "idx")
-    emb = storage.join(run, schema.ITEM_EMBEDDINGS)
+    emb = workspace.table_url(run, schema.ITEM_EMBEDDINGS)
     assert ok("index", "build", "--embeddings", emb, "--out", out, "--factory", "HNSW8").strip() == out
+    # the run an item_embeddings partition belongs to: its user embeddings tune the search
+    assert storage.read_json(storage.join(out, schema.METADATA))["tuned_on"] == "user embeddings"
     lines = ok("index", "query", "--index", out, "--item", "i0", "--k", "3").splitlines()
     assert len(lines) == 3 and lines[0].startswith("1\ti")
 
 
 def test_default_is_latest_published_run(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
-    runs = storage.join(str(ws), "outputs", "sasrec")
-    published = write_run(storage.join(runs, "dt=2026-11-22"))
+    outputs = storage.join(str(ws), "outputs", "sasrec")
+    published = write_run(outputs, date="2026-11-22")
+    # a later date whose run never completed (no run record): not a candidate
     storage.write_parquet(
-        pa.table({"x": [1]}), storage.join(runs, "dt=2026-11-23", "item_embeddings", "p.parquet")
+        pa.table({"x": [1]}), storage.join(outputs, "item_embeddings", "dt=2026-11-23", "p.parquet")
     )
     monkeypatch.setenv("BATCHREC_WORKSPACE", str(ws))
-    assert ok("index", "build").strip() == storage.join(published, schema.INDEX_DIR)
+    assert ok("index", "build").strip() == workspace.index_dir(published)
     assert "no published scoring run" in user_error("index", "build", "--model", "gru4rec")
 
 
 @pytest.mark.s3
 def test_build_and_query_on_s3(tmp_path, s3_bucket):
-    run = write_run(f"{s3_bucket}/outputs/sasrec/dt=2026-11-23", string_ids=False)
+    run = write_run(f"{s3_bucket}/outputs/sasrec", string_ids=False)
     out = ok("index", "build", "--run", run, "--factory", "IVF4,Flat").strip()
-    assert out == f"{run}/index" and storage.is_published(out)
-    assert not [n for n in storage.ls(run) if n.startswith("_staging")]
+    assert out == f"{s3_bucket}/outputs/sasrec/index/dt=2026-11-23" and storage.is_published(out)
+    assert storage.ls(f"{s3_bucket}/outputs/sasrec/index") == ["dt=2026-11-23"]  # no staging left
     res = json.loads(ok("index", "query", "--index", out, "--item", "100", "--k", "3", "--json"))
     assert len(res["results"]) == 3
-    ev = json.loads(ok("index", "eval", "--index", out, "--queries", f"{run}/user_embeddings", "--json"))
+    queries = workspace.table_url(run, schema.USER_EMBEDDINGS)
+    ev = json.loads(ok("index", "eval", "--index", out, "--queries", queries, "--json"))
     assert ev["recall@10"] >= 0.9
 
 
@@ -198,7 +213,7 @@ def test_bad_factory_leaves_nothing(tmp_path):
     run = write_run(str(tmp_path / "run"))
     err = user_error("index", "build", "--run", run, "--factory", "IVF12x,Flat")
     assert "could not parse index string IVF12x,Flat" in err and "e.g. Flat" in err
-    assert storage.ls(run) == sorted([schema.ITEM_EMBEDDINGS, storage.SUCCESS, schema.USER_EMBEDDINGS])
+    assert not glob.glob(str(tmp_path / "run" / "index" / "*"))
     err = user_error("index", "build", "--run", run, "--factory", "IVF1024,Flat")  # more lists than items
     assert "could not train" in err and "'Flat'" in err
 
@@ -207,9 +222,9 @@ def test_bad_inputs(tmp_path):
     run = write_run(str(tmp_path / "run"))
     out = ok("index", "build", "--run", run).strip()
     other = write_run(str(tmp_path / "other"), d=8)
-    users = storage.join(run, schema.USER_EMBEDDINGS)
+    users = workspace.table_url(run, schema.USER_EMBEDDINGS)
     assert "dimension mismatch" in user_error(
-        "index", "eval", "--index", out, "--queries", storage.join(other, schema.USER_EMBEDDINGS)
+        "index", "eval", "--index", out, "--queries", workspace.table_url(other, schema.USER_EMBEDDINGS)
     )
     assert "unknown item id 'nope'" in user_error("index", "query", "--index", out, "--item", "nope")
     assert "unknown user id 'u99'" in user_error(

@@ -53,7 +53,10 @@ def test_quickstart_writes_under_the_workspace_env_or_the_default(monkeypatch):
     assert job.train.device == "cpu"
     monkeypatch.setenv("BATCHREC_WORKSPACE", "/data/ws")
     job = pipeline.load(str(JOBS / "quickstart.yaml"), date="2026-11-23")
-    assert job.score.out == "/data/ws/outputs/sasrec/dt=2026-11-23"
+    assert (
+        job.score.out == "/data/ws/outputs/sasrec"
+        and job.index.run == "/data/ws/outputs/sasrec/_runs/dt=2026-11-23"
+    )
 
 
 def test_nightly_takes_its_locations_from_the_environment(monkeypatch):

@@ -63,15 +63,21 @@ def test_load_wires_every_stage_to_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHREC_WORKSPACE", str(tmp_path))
     job = pipeline.load(QUICKSTART, ["train.epochs=2"], DATE)
     run = f"{tmp_path}/runs/quickstart/dt={DATE}"
-    out = f"{tmp_path}/outputs/sasrec/dt={DATE}"
+    out = f"{tmp_path}/outputs/sasrec"
+    scored = f"{out}/_runs/dt={DATE}"
     assert job.train.epochs == 2 and job.date == DATE
     assert job.synth.out == f"{run}/raw" and job.prepare.input == f"{run}/raw"
     assert job.prepare.out == job.train.data == job.evaluate.data == job.score.data == f"{run}/prepared"
     assert job.train.out == job.evaluate.checkpoint == job.score.checkpoint == f"{run}/checkpoint"
-    assert job.score.out == job.index.run == out and job.index.out == f"{out}/index"
+    assert job.score.out == out and job.index.run == scored and job.index.out == f"{out}/index/dt={DATE}"
     assert job.score.date == DATE
     paths = pipeline.paths_of(job)
-    assert (paths.run, paths.evaluate, paths.score) == (run, f"{run}/evaluation", out)
+    assert (paths.run, paths.evaluate, paths.score, paths.index) == (
+        run,
+        f"{run}/evaluation",
+        scored,
+        f"{out}/index/dt={DATE}",
+    )
 
 
 def test_bad_job_files_exit_2_naming_every_problem(tmp_path, monkeypatch):
@@ -119,8 +125,10 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.mark.ray
 def test_end_to_end_then_a_second_run_does_nothing(finished_run, monkeypatch):
     ws = finished_run
-    out = ws / "outputs" / "sasrec" / f"dt={DATE}"
-    assert (out / "_SUCCESS").exists() and (out / "index" / "_SUCCESS").exists()
+    out = ws / "outputs" / "sasrec" / "_runs" / f"dt={DATE}"
+    assert (out / "_SUCCESS").exists() and (
+        ws / "outputs" / "sasrec" / "index" / f"dt={DATE}" / "_SUCCESS"
+    ).exists()
     manifest = storage.read_json(str(ws / "runs" / "quickstart" / f"dt={DATE}" / pipeline.RUN_MANIFEST))
     assert manifest["status"] == "ok" and manifest["config"]["name"] == "quickstart"
     assert [s["stage"] for s in manifest["stages"]] == [
@@ -162,13 +170,14 @@ def test_run_killed_during_scoring_resumes_and_equals_an_uninterrupted_run(finis
         cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith("_staging-") for p in (outputs.iterdir() if outputs.exists() else [])):
+    runs = outputs / "_runs"
+    while not any(p.name.startswith("_staging-") for p in (runs.iterdir() if runs.exists() else [])):
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "scoring never started"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the pod dies: driver, Ray and scorer actors at once
     proc.wait()
-    assert not (outputs / f"dt={DATE}").exists(), "a killed run must publish nothing"
+    assert not list(outputs.glob("*/dt=*")), "a killed run must publish nothing"
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -176,10 +185,11 @@ def test_run_killed_during_scoring_resumes_and_equals_an_uninterrupted_run(finis
     for stage in ("synth", "prepare", "train", "evaluate"):
         assert any(line.startswith(f"{stage} ") and " skipped " in line for line in lines), done.stdout
     assert any(line.startswith("score ") and " ran " in line for line in lines), done.stdout
-    assert not [p for p in outputs.iterdir() if p.name.startswith("_staging-")], "stale staging left behind"
-    want, got = finished_run / "outputs" / "sasrec" / f"dt={DATE}", outputs / f"dt={DATE}"
+    assert not [p for p in runs.iterdir() if p.name.startswith("_staging-")], "stale staging left behind"
+    want, got = finished_run / "outputs" / "sasrec", outputs
     for table in ("topk", "user_embeddings", "item_embeddings"):
-        assert read_sorted(str(got / table)).equals(read_sorted(str(want / table))), table
+        partition = f"{table}/dt={DATE}"
+        assert read_sorted(str(got / partition)).equals(read_sorted(str(want / partition))), table
 
 
 @pytest.mark.slow

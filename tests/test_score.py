@@ -3,6 +3,7 @@ on a shared local Ray (CLI, s3:// on moto, workspace defaults, faults, bad input
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from conftest import make_tiny_prepared
 from torch import nn
 from typer.testing import CliRunner
 
-from batchrec import checkpoint, export, models, schema, storage
+from batchrec import checkpoint, export, models, schema, storage, workspace
 from batchrec.batching import left_pad
 from batchrec.dataset import PreparedDataset
 from batchrec.errors import RetryableError, UserError
@@ -207,12 +208,18 @@ def ray_cluster(ray_session):
 
 
 def read_run(run_url: str) -> dict:
+    """A scoring run's tables (its date's partitions) and manifest."""
     return {
-        "users": storage.read_parquet(storage.join(run_url, schema.USER_EMBEDDINGS)),
-        "items": storage.read_parquet(storage.join(run_url, schema.ITEM_EMBEDDINGS)),
-        "topk": storage.read_parquet(storage.join(run_url, schema.TOPK)),
+        "users": storage.read_parquet(workspace.table_url(run_url, schema.USER_EMBEDDINGS)),
+        "items": storage.read_parquet(workspace.table_url(run_url, schema.ITEM_EMBEDDINGS)),
+        "topk": storage.read_parquet(workspace.table_url(run_url, schema.TOPK)),
         "manifest": storage.read_json(storage.join(run_url, schema.MANIFEST)),
     }
+
+
+def published_nothing(out: str) -> bool:
+    """No table partition, no run record, no staging directory under the tables' root `out`."""
+    return not glob.glob(f"{out}/*/dt=*") and not glob.glob(f"{out}/_runs/*")
 
 
 def check_run(run_url: str, data_url: str, k: int, layout: str = "lists") -> dict:
@@ -284,8 +291,9 @@ def test_cli_scores_every_user_once_and_matches_bruteforce(ray_cluster, tmp_path
     out = str(tmp_path / "run")
     res = invoke("--model", "tinyseq", "--checkpoint", ckpt, "--data", data, "--out", out, "--k", "7")
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip().endswith(out)
-    got = check_run(out, data, k=7)
+    run_url = res.stdout.strip().splitlines()[-1]
+    assert run_url.startswith(f"{out}/_runs/dt=")
+    got = check_run(run_url, data, k=7)
     assert got["users"].schema.field("user_id").type == pa.int64()
     # Batches become parts; a small batch size gives several, each user still exactly once.
     res = invoke(
@@ -293,9 +301,9 @@ def test_cli_scores_every_user_once_and_matches_bruteforce(ray_cluster, tmp_path
         "--batch-size", "16", "--topk-layout", "exploded",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert len(storage.ls(storage.join(out, schema.TOPK))) >= 4
-    check_run(out, data, k=7, layout="exploded")
-    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]  # no staging left
+    assert len(storage.ls(workspace.table_url(run_url, schema.TOPK))) >= 4
+    check_run(run_url, data, k=7, layout="exploded")
+    assert storage.ls(f"{out}/_runs") == [storage.basename(run_url)]  # no staging left
 
 
 @pytest.mark.ray
@@ -315,7 +323,8 @@ def test_workspace_defaults_and_atomic_rerun(ray_cluster, tmp_path, monkeypatch)
     monkeypatch.setenv("BATCHREC_WORKSPACE", ws)
     res = invoke("--model", "tinyseq", "--k", "5", "--date", "2026-11-23")
     assert res.exit_code == 0, res.output
-    run_url = f"{ws}/outputs/tinyseq/dt=2026-11-23"
+    run_url = f"{ws}/outputs/tinyseq/_runs/dt=2026-11-23"
+    assert res.stdout.strip().splitlines()[-1] == run_url
     first = check_run(run_url, data, k=5)
     assert first["manifest"]["date"] == "2026-11-23"
     # A rerun of the same date with another k replaces the output whole.
@@ -323,7 +332,36 @@ def test_workspace_defaults_and_atomic_rerun(ray_cluster, tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     second = check_run(run_url, data, k=3)
     assert second["manifest"]["run_id"] and second["manifest"]["k"] == 3
-    assert storage.ls(f"{ws}/outputs/tinyseq") == ["dt=2026-11-23"]
+    assert storage.ls(f"{ws}/outputs/tinyseq") == ["_runs", "item_embeddings", "topk", "user_embeddings"]
+    for table in ("_runs", *schema.TABLES):
+        assert storage.ls(f"{ws}/outputs/tinyseq/{table}") == ["dt=2026-11-23"]
+
+
+@pytest.mark.ray
+def test_tables_read_as_date_partitioned_tables_by_pyarrow_and_duckdb(ray_cluster, tmp_path):
+    import duckdb
+    import pyarrow.dataset as pads
+
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=20, n_items=30)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    out = str(tmp_path / "outputs")
+    for date, k in (("2026-11-22", 4), ("2026-11-23", 5)):
+        run(ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=out, date=date, k=k))
+    # pyarrow's Hive partition discovery: one table per directory, with its `dt` column
+    topk = pads.dataset(f"{out}/topk", format="parquet", partitioning="hive").to_table()
+    assert topk.column_names == ["user_id", "item_ids", "scores", "dt"]
+    counts = topk.group_by("dt").aggregate([("user_id", "count")]).sort_by("dt").to_pylist()
+    assert counts == [{"dt": "2026-11-22", "user_id_count": 20}, {"dt": "2026-11-23", "user_id_count": 20}]
+    users = pads.dataset(f"{out}/user_embeddings", format="parquet", partitioning="hive").to_table()
+    assert users.column_names == ["user_id", "embedding", "dt"] and users.num_rows == 40
+    # DuckDB, as a warehouse reads it: a glob over the table with hive_partitioning
+    got = duckdb.sql(
+        f"SELECT dt, count(*) AS users, max(len(item_ids)) AS k FROM read_parquet('{out}/topk/*/*.parquet', "
+        "hive_partitioning = true) GROUP BY dt ORDER BY dt"
+    ).fetchall()
+    assert [(str(d), n, k) for d, n, k in got] == [("2026-11-22", 20, 4), ("2026-11-23", 20, 5)]
+    latest = workspace.newest(f"{out}/_runs", prefix="dt=")
+    assert storage.read_json(f"{latest}/manifest.json")["tables"]["topk"] == f"{out}/topk/dt=2026-11-23"
 
 
 @pytest.mark.ray
@@ -345,8 +383,9 @@ def test_killed_worker_is_retried_and_output_is_complete(ray_cluster, tmp_path):
     assert marker.exists(), "the fault was not injected"
     got = check_run(out, data, k=5)
     # Parts are named by their batch's first user, so the retried batch replaced its files.
-    parts = storage.ls(storage.join(out, schema.USER_EMBEDDINGS))
-    assert sum(pq.read_metadata(os.path.join(out, schema.USER_EMBEDDINGS, p)).num_rows for p in parts) == 80
+    users = workspace.table_url(out, schema.USER_EMBEDDINGS)
+    parts = [p for p in storage.ls(users) if p.endswith(".parquet")]
+    assert sum(pq.read_metadata(os.path.join(users, p)).num_rows for p in parts) == 80
     assert got["manifest"]["rows"]["topk"] == 80
 
 
@@ -356,23 +395,23 @@ def test_a_run_that_cannot_finish_publishes_nothing(ray_cluster, tmp_path):
     ckpt = save_tiny(str(tmp_path / "ckpt"), data)
     out = str(tmp_path / "run")
     cfg = ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=out, k=5)
-    run(cfg)
-    before = read_run(out)["manifest"]["run_id"]
+    run_url = run(cfg)
+    before = read_run(run_url)["manifest"]["run_id"]
     cfg.fault, cfg.k = "raise", 3
     with pytest.raises(Exception, match="injected scoring fault"):
         run(cfg)
-    assert storage.is_published(out) and read_run(out)["manifest"]["k"] == 5  # the old run is intact
-    assert read_run(out)["manifest"]["run_id"] == before
+    assert storage.is_published(run_url) and read_run(run_url)["manifest"]["k"] == 5  # the old run is intact
+    assert read_run(run_url)["manifest"]["run_id"] == before
+    assert storage.ls(f"{out}/_runs") == [storage.basename(run_url)]  # no staging left
     cfg.out = str(tmp_path / "fresh")
     with pytest.raises(Exception, match="injected scoring fault"):
         run(cfg)
-    assert not storage.exists(cfg.out)
-    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]
+    assert published_nothing(cfg.out)
     # The sequence that once hung the suite: a failed run's actor kept its CPU and the next
     # run's pool took the last one from the read tasks. The next good run must just work.
     cfg.fault, cfg.out = None, out
     run(cfg)
-    assert read_run(out)["manifest"]["k"] == 3
+    assert read_run(run_url)["manifest"]["k"] == 3
 
 
 @pytest.mark.ray
@@ -385,8 +424,7 @@ def test_a_blocked_worker_is_stopped_by_the_watchdog(ray_cluster, tmp_path):
     )
     with pytest.raises(RetryableError, match=r"scoring stalled: no batch completed in \d+ s"):
         run(cfg)
-    assert not storage.exists(out)
-    assert not [n for n in storage.ls(str(tmp_path)) if n.startswith("_")]
+    assert published_nothing(out)
     # (the fixture checks the blocked actor was killed and its CPU is free again)
 
 
@@ -698,6 +736,8 @@ def test_faiss_retrieval_drops_seen_items_and_reports_recall(tmp_path):
         ckpt, checkpoint.read_meta(ckpt), prepared.item_map, prepared.metadata["item_map_fingerprint"]
     )
     assert vocab.identity
-    inputs = _Inputs(ckpt, data, str(tmp_path / "run"), "2026-11-23")
+    inputs = _Inputs(
+        ckpt, data, str(tmp_path / "out"), "2026-11-23", str(tmp_path / "out" / "_runs" / "dt=2026-11-23")
+    )
     recall = measure_recall(inputs, k=8, sample=10, vocab=vocab, policy="history")
     assert recall == {"recall": 1.0, "k": 8, "users": 10}
