@@ -116,8 +116,10 @@ def command(
     extras: dict[str, tuple[Any, Any]] | None = None,
 ) -> Callable[..., None]:
     """A typer command building `cls` from its flags, --config and --set, then calling
-    `run(cfg, **extras)`. `extras` (name → (Annotated type, default)) are flags that are not
-    config keys, e.g. an output format."""
+    `run(cfg, **extras)` and printing what it returns (a URL), if anything. `extras` (name →
+    (Annotated type, default)) are flags that are not config keys, e.g. an output format.
+    Commands pass `lambda cfg: stage.run(cfg)`, so the stage function is looked up when the
+    command runs, not when the CLI is imported (a test can replace it)."""
     from batchrec import config
 
     extras = extras or {}
@@ -138,7 +140,9 @@ def command(
         ctx = given.pop("ctx")
         typed = {k: v for k, v in given.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
         values = config.merge(config.load_yaml(file) if file else {}, typed)
-        run(config.from_dict(cls, config.merge(values, overrides), where="command line"), **rest)
+        result = run(config.from_dict(cls, config.merge(values, overrides), where="command line"), **rest)
+        if result is not None:
+            typer.echo(result)
 
     signature = [*fields, *extra_params, *own]
     cmd.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]

@@ -30,14 +30,10 @@ TimeCol = Annotated[str | None, typer.Option(help="Timestamp column (default: de
 RatingCol = Annotated[str | None, typer.Option(help="Rating column (default: detected).")]
 
 
-def _prepare(cfg: PrepareConfig) -> None:
-    typer.echo(prepare.run(cfg))
-
-
 app.command("prepare")(
     flags.command(
         PrepareConfig,
-        _prepare,
+        lambda cfg: prepare.run(cfg),
         doc="Turn an interaction log into a prepared dataset: dense ids, time-ordered sequences, splits.",
         arguments=("input",),
     )
@@ -63,25 +59,17 @@ def stats(
     typer.echo(json.dumps(result, indent=2) if as_json else data_stats.table(result))
 
 
-def _synth(cfg: SynthConfig) -> None:
-    typer.echo(synth.run(cfg))
-
-
-def _download(cfg: DownloadConfig) -> None:
-    typer.echo(download.run(cfg))
-
-
 app.command("synth")(
     flags.command(
         SynthConfig,
-        _synth,
+        lambda cfg: synth.run(cfg),
         doc="Write synthetic interactions with learnable sequential structure (Parquet parts).",
     )
 )
 app.command("download")(
     flags.command(
         DownloadConfig,
-        _download,
+        lambda cfg: download.run(cfg),
         doc="Download, verify, extract and cache an official MovieLens archive.",
         arguments=("name",),
         envvars={"base_url": "BATCHREC_MOVIELENS_BASE_URL"},

@@ -22,14 +22,10 @@ Embeddings = Annotated[
 ]
 
 
-def _build(cfg: IndexBuildConfig) -> None:
-    typer.echo(index_stage.build(cfg))
-
-
 app.command("build")(
     flags.command(
         IndexBuildConfig,
-        _build,
+        lambda cfg: index_stage.build(cfg),
         doc="Build a FAISS index over a scoring run's item embeddings and publish it atomically.",
     )
 )
