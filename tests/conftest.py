@@ -114,6 +114,18 @@ def make_tiny_prepared(
     )
 
 
+def make_synth_prepared(root: Path, seed: int = 0) -> str:
+    """400 users walking rings of 400 items (`batchrec data synth`), prepared: the next item is
+    predictable, popularity is not. For training tests."""
+    from batchrec.data.prepare import PrepareConfig
+    from batchrec.data.prepare import run as prepare
+    from batchrec.data.synth import SynthConfig
+    from batchrec.data.synth import run as synth_run
+
+    raw = synth_run(SynthConfig(out=str(root / "raw"), users=400, items=400, avg_len=20, seed=seed))
+    return prepare(PrepareConfig(input=raw, out=str(root / "prepared")))
+
+
 @pytest.fixture
 def tiny_prepared(tmp_path) -> str:
     return make_tiny_prepared(str(tmp_path / "prepared"))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_synth_prepared
 
 from batchrec import checkpoint
 from batchrec.train import TrainConfig, run
@@ -19,14 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> str:
-    from batchrec.data.prepare import PrepareConfig
-    from batchrec.data.prepare import run as prepare
-    from batchrec.data.synth import SynthConfig
-    from batchrec.data.synth import run as synth_run
-
-    root = tmp_path_factory.mktemp("ddp")
-    raw = synth_run(SynthConfig(out=str(root / "raw"), users=400, items=400, avg_len=20, seed=1))
-    return prepare(PrepareConfig(input=raw, out=str(root / "prepared")))
+    return make_synth_prepared(tmp_path_factory.mktemp("ddp"), seed=1)
 
 
 def test_two_process_gloo_training_matches_single_process(synth, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_prepared
 from typer.testing import CliRunner
 
 from batchrec.ranking import check_seen_policy, coverage, mask_seen, rank_metrics, seen_policy, target_ranks
@@ -142,8 +143,6 @@ def test_evaluate_json_reports_model_baseline_and_protocol(tiny_prepared, tmp_pa
 
 
 def test_evaluate_rejects_other_data_and_corrupt_weights(tiny_prepared, tmp_path):
-    from tests.conftest import make_tiny_prepared
-
     ckpt = str(tmp_path / "pop")
     runner.invoke(app, ["train", "--model", "pop", "--data", tiny_prepared, "--out", ckpt])
     # other items are translated by external id (tests/test_score.py); ids of another type cannot be

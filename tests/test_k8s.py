@@ -234,3 +234,126 @@ def test_dockerfile_is_cuda_runtime_non_root_pinned_with_batchrec_entrypoint():
     reqs = [t.strip('"\\') for chunk in installs for t in chunk.split() if not t.startswith(("-", "\\", "."))]
     reqs = [r for r in reqs if not r.startswith(("$", "http"))]
     assert reqs and all("==" in r for r in reqs), reqs
+
+
+CRDS = REPO.parent / "shared" / "k8s-crds"
+
+
+def _strict(schema: dict) -> dict:
+    """A CRD's structural schema with unknown fields made errors: the API server prunes a field
+    the schema does not name (silently dropping a misplaced one), so offline it must fail."""
+    out = {k: v for k, v in schema.items() if k not in ("properties", "items", "additionalProperties")}
+    if "properties" in schema:
+        out["properties"] = {k: _strict(v) for k, v in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = _strict(schema["additionalProperties"])
+    if "items" in schema:
+        out["items"] = _strict(schema["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = [_strict(s) for s in schema[key]]
+    return out
+
+
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) → the strict openAPIV3Schema of every KubeRay CRD in ../shared/k8s-crds."""
+    if not CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRDS} (see ../shared/k8s-crds/README.md)")
+    out = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            api = f"{crd['spec']['group']}/{version['name']}"
+            out[(api, crd["spec"]["names"]["kind"])] = _strict(version["schema"]["openAPIV3Schema"])
+    return out
+
+
+def test_the_crd_check_catches_a_misplaced_field():
+    import jsonschema
+
+    schemas = crd_schemas()
+    rayjob = schemas[("ray.io/v1", "RayJob")]
+    good = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {}, "spec": {"entrypoint": "x"}}
+    jsonschema.validate(good, rayjob)
+    with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
+        jsonschema.validate({**good, "spec": {"entrypoint": "x", "shutdownAfterJobFinish": True}}, rayjob)
+
+
+def test_kuberay_objects_validate_against_the_real_crd_schemas(stack, workloads):
+    import jsonschema
+
+    schemas = crd_schemas()
+    docs = [d for d in [*stack, *workloads.values()] if d["apiVersion"].startswith("ray.io/")]
+    assert docs, "the stack has KubeRay objects"
+    for doc in docs:
+        schema = schemas[(doc["apiVersion"], doc["kind"])]
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, "\n".join(
+            f"{doc['kind']} {'.'.join(map(str, e.path))}: {e.message}" for e in errors
+        )
+
+
+def restricted_violations(spec: dict) -> list[str]:
+    """What the `restricted` Pod Security Standard (Kubernetes 1.32) refuses in a pod spec."""
+    bad = []
+    pod_sc = spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            bad.append(f"{key} is set")
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}  # fmt: skip
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= allowed_volumes:
+            bad.append(f"volume {v['name']}: {sorted(kinds - allowed_volumes)} not allowed")
+    for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        sc, name = c.get("securityContext", {}), c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation must be false")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            bad.append(f"{name}: runAsNonRoot must be true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities {caps['add']}")
+        if c.get("ports") and any(p.get("hostPort") for p in c["ports"]):
+            bad.append(f"{name}: hostPort")
+    return bad
+
+
+def test_the_restricted_check_refuses_what_the_standard_refuses():
+    ok = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "c",
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    }
+    assert restricted_violations(ok) == []
+    # e.g. an init container injected by an operator without a security context
+    bare = {**ok, "initContainers": [{"name": "init"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert restricted_violations(bare) == [
+        "volume h: ['hostPath'] not allowed",
+        "init: allowPrivilegeEscalation must be false",
+        "init: capabilities must drop ALL",
+    ]
+
+
+def test_every_pod_template_meets_the_restricted_pod_security_standard(stack, workloads):
+    namespace = one(stack, "Namespace")["metadata"]["labels"]
+    assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
+    for doc in [one(stack, "CronJob"), *workloads.values()]:
+        for spec in pod_specs(doc):
+            assert restricted_violations(spec) == [], doc["kind"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_synth_prepared, make_tiny_prepared
 from typer.testing import CliRunner
 
 from batchrec import checkpoint
@@ -22,15 +23,7 @@ FAST = {"dim": 32, "max_len": 20, "batch_size": 64, "lr": 3e-3}
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> str:
-    """400 users walking rings of 400 items: the next item is predictable, popularity is not."""
-    from batchrec.data.prepare import PrepareConfig
-    from batchrec.data.prepare import run as prepare
-    from batchrec.data.synth import SynthConfig
-    from batchrec.data.synth import run as synth_run
-
-    root = tmp_path_factory.mktemp("synth")
-    raw = synth_run(SynthConfig(out=str(root / "raw"), users=400, items=400, avg_len=20, seed=0))
-    return prepare(PrepareConfig(input=raw, out=str(root / "prepared")))
+    return make_synth_prepared(tmp_path_factory.mktemp("synth"))
 
 
 def _train(args: list[str]) -> str:
@@ -81,8 +74,6 @@ def test_resume_after_interruption_matches_uninterrupted_run(synth, tmp_path):
 
 
 def test_warm_start_carries_item_vectors_by_external_id(synth, tmp_path):
-    from tests.conftest import make_tiny_prepared
-
     old_data = make_tiny_prepared(str(tmp_path / "old"), n_items=30, seed=1)
     old = run(TrainConfig(model="sasrec", data=old_data, out=str(tmp_path / "old-ckpt"), epochs=1, **FAST))
     # new catalogue: items i10..i39 (i0..i9 vanished, i30..i39 new), in another order
