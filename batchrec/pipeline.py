@@ -211,7 +211,7 @@ def load(path: str, overrides: list[str] | None = None, date: str | None = None)
     score.setdefault("date", raw["date"])
     index = _section(raw, "index")
     index.setdefault("model", model)
-    scored = workspace.score_run(str(score["out"]), raw["date"])
+    scored = workspace.score_run(str(score["out"]), str(score["date"]))
     index.setdefault("run", scored)
     index.setdefault("out", workspace.index_dir(scored))
     return config.from_dict(JobConfig, raw, where=path)
@@ -225,7 +225,9 @@ def paths_of(job: JobConfig) -> workspace.RunPaths:
         synth=job.synth.out or base.synth,
         prepare=job.train.data or base.prepare,
         train=job.train.out or base.train,
-        score=workspace.score_run(job.score.out, str(job.date)) if job.score.out else base.score,
+        score=workspace.score_run(job.score.out, str(job.score.date or job.date))
+        if job.score.out
+        else base.score,
         index=job.index.out or base.index,
     )
 

@@ -13,7 +13,9 @@ from batchrec.index import IndexBuildConfig
 
 app = typer.Typer(no_args_is_help=True)
 
-IndexUrl = Annotated[str, typer.Option("--index", help="A published index directory (e.g. {run}/index).")]
+IndexUrl = Annotated[
+    str, typer.Option("--index", help="A published index directory (e.g. {out}/index/dt=DATE).")
+]
 K = Annotated[int, typer.Option("--k", min=1, help="How many results.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Embeddings = Annotated[
