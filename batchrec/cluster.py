@@ -1,5 +1,5 @@
-"""Ray plumbing for the stages that run on Ray: the session, quiet logs, a stall watchdog and
-the check that a run hands back every CPU and GPU it took.
+"""Ray plumbing for the stages that run on Ray: the session, quiet logs, a stall watchdog, the
+check that a run hands back every CPU and GPU it took, and running a step on a GPU node.
 
 A stage joins `RAY_ADDRESS` (a KubeRay or `ray start` cluster) or starts a local Ray, and shuts
 down only a Ray it started. Ray Data waits forever for resources that never come (a pool
@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
@@ -21,6 +22,7 @@ from batchrec import log
 from batchrec.errors import RetryableError
 
 _log = log.get("cluster")
+T = TypeVar("T")
 # Warnings Ray prints on every start that ask nothing of the user: that a local Ray turned token
 # authentication on by itself, and that Ray Data's bars are off (batchrec draws its own).
 _CHATTY = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress")
@@ -47,6 +49,23 @@ def session(address: str | None) -> Iterator[bool]:
         yield True
     finally:
         ray.shutdown()
+
+
+def on_a_gpu(fn: Callable[..., T], *args, address: str | None = None, timeout_s: float = 4 * 3600) -> T:
+    """`fn(*args)` in a Ray task holding one GPU when the cluster has GPUs; here otherwise.
+
+    A job's driver (a RayJob's) runs on the CPU head; this is how its own GPU work, evaluation,
+    goes where the GPUs are. The caller's error reaches the caller as itself."""
+    import ray
+
+    with session(address):
+        if not ray.cluster_resources().get("GPU"):
+            return fn(*args)
+        _log.info("running %s on a GPU worker of the cluster", getattr(fn, "__name__", "the step"))
+        try:
+            return ray.get(ray.remote(num_gpus=1, max_retries=0)(fn).remote(*args), timeout=timeout_s)
+        except ray.exceptions.RayTaskError as e:
+            raise e.cause from None
 
 
 def _quiet(level: int) -> None:

@@ -84,19 +84,7 @@ class PreparedDataset:
 
     def flat_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(user_idx, offsets, items, train_len): user i's history is items[offsets[i]:offsets[i+1]]."""
-        seqs = self.sequences
-        col = seqs.column("items").combine_chunks()
-        offsets = col.offsets.to_numpy().astype(np.int64)
-        items = col.values.to_numpy().astype(np.int64)
-        if col.offset or offsets[0]:
-            items = items[offsets[0] : offsets[-1]]
-            offsets = offsets - offsets[0]
-        return (
-            seqs.column("user_idx").to_numpy().astype(np.int64),
-            offsets,
-            items,
-            seqs.column("train_len").to_numpy().astype(np.int64),
-        )
+        return flatten(self.sequences)
 
     def train_items(self) -> np.ndarray:
         """Every user's training events items[:train_len], flat: all a baseline may be fit on
@@ -121,6 +109,23 @@ class PreparedDataset:
             t.column("position").to_numpy()[mask].astype(np.int64),
             t.column("item_idx").to_numpy()[mask].astype(np.int64),
         )
+
+
+def flatten(seqs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user_idx, offsets, items, train_len) of sequence rows (all of them, or one worker's share):
+    row i's history is items[offsets[i]:offsets[i+1]]."""
+    col = seqs.column("items").combine_chunks()
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    items = col.values.to_numpy().astype(np.int64)
+    if col.offset or offsets[0]:
+        items = items[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+    return (
+        seqs.column("user_idx").to_numpy().astype(np.int64),
+        offsets,
+        items,
+        seqs.column("train_len").to_numpy().astype(np.int64),
+    )
 
 
 def fingerprint_tables(*tables: pa.Table) -> str:

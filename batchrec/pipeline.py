@@ -401,7 +401,21 @@ def _train(job: JobConfig) -> str:
 def _evaluate(job: JobConfig, out: str) -> None:
     from batchrec import evaluate
 
-    result = evaluate.run(job.evaluate)
+    if job.train.workers and job.evaluate.device != "cpu":
+        # the job trains on Ray: evaluate where its GPUs are, not on the driver's (CPU) node
+        from batchrec import cluster
+
+        cfg = dataclasses.replace(
+            job.evaluate,
+            **{
+                k: storage.absolute(v)
+                for k in ("checkpoint", "data", "workspace")
+                if (v := getattr(job.evaluate, k))
+            },
+        )
+        result = cluster.on_a_gpu(evaluate.run, cfg, address=job.train.ray_address)
+    else:
+        result = evaluate.run(job.evaluate)
     if not distributed.is_main():
         return
     with storage.staged_dir(out) as stage:

@@ -119,7 +119,10 @@ class SplitData:
         if max_users and len(rows) > max_users:
             pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_users, replace=False))
             rows, positions, targets = rows[pick], positions[pick], targets[pick]
-        return cls(ds.n_items, items, offsets[rows], offsets[rows] + positions, targets)
+        # only the evaluated users' histories are kept: a few MB even when the dataset has millions
+        starts, ends = offsets[rows], offsets[rows] + positions
+        kept = np.concatenate([[0], np.cumsum(ends - starts)])
+        return cls(ds.n_items, items[ranges(starts, ends)], kept[:-1], kept[1:], targets)
 
     def __len__(self) -> int:
         return len(self.targets)

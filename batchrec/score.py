@@ -335,13 +335,6 @@ def resolve(cfg: ScoreConfig) -> _Inputs:
     return _Inputs(checkpoint=ckpt, data=data, out=out, date=date, run=workspace.score_run(out, date))
 
 
-def _pyarrow_fs(url: str):
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.url_to_fs(url)
-    return (None if storage.is_local(url) else PyFileSystem(FSSpecHandler(fs))), path
-
-
 def _check_writable(out: str) -> None:
     """Fail before any work if the destination cannot take writes (bad bucket, read-only path)."""
     probe = storage.join(storage.parent(out), f"_probe-{uuid.uuid4().hex[:12]}")
@@ -581,7 +574,7 @@ def _execute(
     import ray
 
     pool = pool_size(cfg, available, total)
-    fs, path = _pyarrow_fs(storage.join(inputs.data, schema.SEQUENCES))
+    fs, path = storage.arrow_fs(storage.join(inputs.data, schema.SEQUENCES))
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["user_idx", "items"])
     scorer_kwargs = {
         "k": cfg.k,

@@ -86,6 +86,19 @@ def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         ) from e
 
 
+def absolute(url: str) -> str:
+    """`url` with a local path made absolute: what another process (a Ray worker) can open."""
+    return os.path.abspath(url) if is_local(url) and "://" not in url else url
+
+
+def arrow_fs(url: str):
+    """(pyarrow filesystem, path) for readers that take one (Ray Data): None for local paths."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = url_to_fs(url)
+    return (None if is_local(url) else PyFileSystem(FSSpecHandler(fs))), path
+
+
 def join(base: str, *parts: str) -> str:
     base = base.rstrip("/")
     return "/".join([base, *(p.strip("/") for p in parts if p)])

@@ -1,7 +1,9 @@
-"""The training stage: `run(TrainConfig) -> checkpoint URL`, in one process or under torchrun (DDP).
+"""The training stage: `run(TrainConfig) -> checkpoint URL`, in one process, under torchrun, or on
+the workers of a Ray cluster (PyTorch DDP in the last two).
 
     batchrec train --model sasrec --data DATA --out CKPT
     torchrun --nproc_per_node=2 -m batchrec train --model sasrec --data DATA --out CKPT
+    batchrec train --model sasrec --workers 4 --gpus-per-worker 1     # Ray Train, local or RAY_ADDRESS
 
 Read top to bottom: `run` = `setup` (data, model, windows, loss, optimizer) → `resume` (when
 asked) → `fit` (the epoch loop) → `validate_and_publish` after each epoch; `TrainState` is all
@@ -19,14 +21,25 @@ train_state.pt = the latest weights + optimizer + epoch + best metric + patience
 what `--resume` continues from. Randomness (shuffling, dropout, masks, negatives) is reseeded
 from (seed, epoch, rank) at the start of every epoch, so a resumed run repeats exactly what
 the uninterrupted one would have done.
+
+On Ray (`--workers N`, `run_on_ray`): a Ray Train `TorchTrainer` runs `train_in` on N workers.
+Each receives its share of the training users as a Ray Data stream (`get_dataset_shard`) and
+cuts its own windows, so no process holds every user's windows; every worker runs the same
+number of steps per epoch (a worker with fewer windows repeats some of its own, as
+DistributedSampler pads). The driver samples the validation users and hands them to rank 0,
+which validates on its own device and publishes. A worker lost mid-run restarts the group
+(`max_failures`), and the restarted workers continue from the checkpoint rank 0 last
+published — never from scratch; a new `batchrec train` without `--resume` starts fresh.
+Under `--workers`, `bce` draws negatives outside the items of the worker's own users, as in
+one process.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,11 +85,25 @@ class TrainConfig:
     warm_start: str | None = None  # checkpoint whose item vectors seed this model, matched by external id
     stop_after_epochs: int | None = None  # stop this process after so many epochs (tests --resume)
     workspace: str | None = None  # workspace for default locations
+    workers: int = 0  # Ray Train DDP workers on a local Ray or RAY_ADDRESS; 0: this process (or torchrun's)
+    gpus_per_worker: float | None = None  # with workers: default 1 when the cluster has GPUs, else 0
+    # with workers: default 1, less when that would leave the cluster no CPU to read the data with
+    cpus_per_worker: float | None = None
+    ray_address: str | None = None  # Ray cluster to join; default: RAY_ADDRESS, else a local Ray
+    max_failures: int = 3  # with workers: restarts after a lost worker, each from the last checkpoint
+    # Test-only fault injection under workers: "kill-once:PATH" kills rank 1 once the first
+    # checkpoint is published, while PATH does not exist (and creates it).
+    fault: str | None = None
 
     def validate(self) -> list[str]:
         errs = check_model(self.model) + check_seen_policy(self.exclude_seen)
         if self.loss not in LOSSES:
             errs.append(f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.workers < 0 or self.max_failures < 0:
+            errs.append("workers and max_failures must be ≥ 0")
+        for k in ("gpus_per_worker", "cpus_per_worker"):
+            if getattr(self, k) is not None and getattr(self, k) < 0:
+                errs.append(f"{k} must be ≥ 0")
         for k in ("epochs", "batch_size", "patience", "n_negatives"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 errs.append(f"{k} must be ≥ 1")
@@ -95,6 +122,8 @@ class TrainState:
     best_epoch: int = -1
     bad: int = 0  # evaluations since the best
     done: bool = False
+    attempt: str = ""  # under Ray: the `batchrec train` call that wrote it; its restarts resume it
+    resumed_at: list[int] = field(default_factory=list)  # epochs at which training resumed
     best_record: dict[str, Any] = field(default_factory=dict)  # the metrics line of the best evaluation
     history: list[dict[str, Any]] = field(default_factory=list)  # every metrics line
 
@@ -113,8 +142,9 @@ class Setup:
     valid: SplitData | None  # rank 0 only
     patience: int
     save: dict[str, Any]  # what every checkpoint of this run records besides the weights
-    windows: np.ndarray | None = None  # (W, width) training windows
+    windows: np.ndarray | None = None  # (W, width) training windows (under Ray: this worker's)
     window_users: np.ndarray | None = None  # (W,) each window's user row
+    rows_per_epoch: int | None = None  # under Ray: windows every worker trains per epoch
     objective: Any = None  # model + loss, compiled and/or wrapped in DDP as asked
     optimizer: Any = None
     best_weights: dict[str, Any] | None = None
@@ -127,24 +157,32 @@ class Setup:
 def run(cfg: TrainConfig) -> str:
     """Train `cfg.model` and publish its best checkpoint; returns the checkpoint URL."""
     log.set_stage("train")
+    if cfg.workers and model_class(cfg.model).trained_by_gradient:
+        return run_on_ray(cfg)
     group = distributed.Group.start(cfg.device)
     try:
-        s = setup(cfg, group)
-        if not s.model.trained_by_gradient:
-            return fit_without_gradients(s)
-        state = resume(s) if cfg.resume else TrainState()
-        if not state.done:
-            fit(s, state)
-        return s.out
+        return train_in(cfg, group)
     finally:
         group.stop()
 
 
-def setup(cfg: TrainConfig, group: distributed.Group) -> Setup:
+def train_in(cfg: TrainConfig, group: distributed.Group, shard=None, valid=None, attempt: str = "") -> str:
+    """Train in this process, one rank of `group`; `shard` (a Ray Data iterator) holds this
+    worker's users when not every process reads the whole dataset."""
+    s = setup(cfg, group, shard, valid)
+    if not s.model.trained_by_gradient:
+        return fit_without_gradients(s)
+    state = resume(s, attempt) if cfg.resume or attempt else TrainState()
+    if not state.done:
+        fit(s, state)
+    return s.out
+
+
+def setup(cfg: TrainConfig, group: distributed.Group, shard=None, valid: SplitData | None = None) -> Setup:
     """Data, model, validation split; for gradient-trained models the windows, loss and optimizer."""
     import torch
 
-    from batchrec.dataset import PreparedDataset
+    from batchrec.dataset import PreparedDataset, flatten
     from batchrec.models import build
     from batchrec.models.losses import Loss, Objective
 
@@ -156,6 +194,8 @@ def setup(cfg: TrainConfig, group: distributed.Group) -> Setup:
     ds = PreparedDataset.open(data_url)
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, ds.n_items, model_config_for(cfg))
+    if valid is None and group.main:
+        valid = SplitData.from_dataset(ds, "valid", max_users=cfg.eval_max_users, seed=cfg.seed)
     s = Setup(
         cfg=cfg,
         group=group,
@@ -164,9 +204,7 @@ def setup(cfg: TrainConfig, group: distributed.Group) -> Setup:
         ds=ds,
         device=group.device(cfg.device),
         model=model,
-        valid=SplitData.from_dataset(ds, "valid", max_users=cfg.eval_max_users, seed=cfg.seed)
-        if group.main
-        else None,
+        valid=valid,
         patience=cfg.patience or model.patience,
         save=dict(data=ds.reference(), train_config=asdict(cfg), item_ids=ds.item_map.external),
     )
@@ -174,11 +212,25 @@ def setup(cfg: TrainConfig, group: distributed.Group) -> Setup:
         return s
 
     width, overlap = model.window()
-    _, offsets, items, train_len = ds.flat_sequences()
+    if shard is None:
+        _, offsets, items, train_len = ds.flat_sequences()
+    else:
+        import pyarrow as pa
+
+        _, offsets, items, train_len = flatten(pa.concat_tables(shard.iter_batches(batch_format="pyarrow")))
     s.windows, s.window_users = batching.windows(items, offsets[:-1], train_len, width, overlap)
+    counts = torch.from_numpy(np.bincount(s.windows.ravel(), minlength=ds.n_items + 1)[: ds.n_items + 1])
+    if shard is not None:
+        counts = group.sum(counts)  # popularity over every worker's windows, as in one process
+        s.rows_per_epoch = group.max(len(s.windows))
+        if s.rows_per_epoch and group.max(int(len(s.windows) == 0)):  # every rank stops, none waits
+            raise UserError(
+                "a training worker received no user with a training history",
+                where=data_url,
+                fix="use fewer workers than the dataset has users",
+            )
     if len(s.windows) == 0:
         raise UserError("no user has a training history long enough", where=data_url)
-    counts = torch.from_numpy(np.bincount(s.windows.ravel(), minlength=ds.n_items + 1)[: ds.n_items + 1])
     # bce draws each negative outside the user's own training items, as the SASRec code does
     own = (np.concatenate([[0], np.cumsum(train_len)]), ds.train_items()) if cfg.loss == "bce" else None
     loss = Loss(cfg.loss, ds.n_items, cfg.n_negatives, counts, user_items=own)
@@ -203,18 +255,23 @@ def fit_without_gradients(s: Setup) -> str:
     return s.out
 
 
-def resume(s: Setup) -> TrainState:
-    """The state saved with `{out}`, its weights and optimizer loaded; a fresh state when none is."""
+def resume(s: Setup, attempt: str = "") -> TrainState:
+    """The state saved with `{out}`, its weights and optimizer loaded; a fresh state when none is.
+
+    Under Ray, `attempt` names this `batchrec train` call: a restart after a lost worker resumes
+    what the same call saved, and a new call resumes only when `--resume` asks it to."""
     from batchrec import checkpoint
 
     saved = checkpoint.load_train_state(s.out, map_location=s.device) if storage.is_published(s.out) else None
-    if saved is None:
-        _log.info("--resume: nothing to resume at %s, starting fresh", s.out)
-        return TrainState()
+    if saved is None or not (s.cfg.resume or saved["state"].get("attempt") == attempt):
+        if s.cfg.resume:
+            _log.info("--resume: nothing to resume at %s, starting fresh", s.out)
+        return TrainState(attempt=attempt)
     s.model.load_state_dict(saved["model"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.best_weights = saved["best_model"]
-    state = TrainState(**saved["state"])
+    state = TrainState(**{**saved["state"], "attempt": attempt})
+    state.resumed_at.append(state.epoch)
     _log.info("resuming at epoch %d (best valid NDCG@10 %.4f)", state.epoch, state.best)
     return state
 
@@ -252,8 +309,11 @@ def fit(s: Setup, state: TrainState) -> None:
         seed = cfg.seed * 100_003 + state.epoch * 101 + group.rank
         torch.manual_seed(seed)
         gen = torch.Generator(device).manual_seed(seed)
-        sampler.set_epoch(state.epoch)
-        order = np.fromiter(iter(sampler), dtype=np.int64)
+        if s.rows_per_epoch is None:  # every process holds every window: the sampler splits them
+            sampler.set_epoch(state.epoch)
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+        else:  # this worker holds its users' windows only: its own shuffle, cycled to the common length
+            order = np.resize(np.random.default_rng(seed).permutation(len(s.windows)), s.rows_per_epoch)
         objective.train()
         total, n_batches = 0.0, 0
         bar = log.Progress(len(order), desc=f"epoch {state.epoch + 1}", unit="seqs", enabled=group.main)
@@ -285,6 +345,174 @@ def fit(s: Setup, state: TrainState) -> None:
     if group.main:
         _log.info("best valid NDCG@10 %.4f at epoch %d → %s", state.best, state.best_epoch, s.out)
     group.barrier()
+
+
+def run_on_ray(cfg: TrainConfig) -> str:
+    """Train on `cfg.workers` Ray Train workers (DDP) of the local Ray or RAY_ADDRESS cluster."""
+    import os
+    import tempfile
+    import uuid
+
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from batchrec import cluster, schema
+    from batchrec.dataset import PreparedDataset
+
+    ws = storage.absolute(workspace.root(cfg.workspace))
+    data_url = storage.absolute(workspace.require_prepared(ws, cfg.data))
+    out = storage.absolute(
+        cfg.out or storage.join(workspace.checkpoints_root(ws, cfg.model), workspace.stamp())
+    )
+    # the workers run elsewhere (another node, another working directory): absolute URLs only
+    cfg = replace(cfg, data=data_url, out=out, workspace=ws)
+    ds = PreparedDataset.open(data_url)
+    if cfg.workers > ds.n_users:
+        raise UserError(
+            f"{cfg.workers} training workers for {ds.n_users} users: a worker would have no data",
+            where=data_url,
+            fix="use at most as many workers as users",
+        )
+    valid = SplitData.from_dataset(ds, "valid", cfg.eval_max_users, cfg.seed)
+    attempt = uuid.uuid4().hex
+    with cluster.session(cfg.ray_address):
+        total = ray.cluster_resources()
+        gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if total.get("GPU") else 0.0)
+        # Ray Data reads the users while the workers wait for them: leave it a CPU to do so
+        cpus = cfg.cpus_per_worker or min(1.0, (total.get("CPU", 0.0) - 1) / cfg.workers)
+        if cpus <= 0:
+            raise UserError(
+                f"{cfg.workers} training workers leave no CPU of the cluster's {total.get('CPU', 0):g} "
+                "to read data with",
+                fix="use fewer workers, or set cpus_per_worker",
+            )
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        fs, path = storage.arrow_fs(storage.join(data_url, schema.SEQUENCES))
+        users = ray.data.read_parquet(path, filesystem=fs).select_columns(["user_idx", "items", "train_len"])
+        # blocks of a few thousand users, not one per file: workers take whole blocks
+        per_block = max(1, min(8192, -(-ds.n_users // (8 * cfg.workers))))
+        users = users.repartition(target_num_rows_per_block=per_block)
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={"cfg": cfg, "valid": ray.put(valid), "attempt": attempt},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.workers,
+                use_gpu=gpus > 0,
+                resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+            ),
+            datasets={"train": users},
+            dataset_config=_every_user(),
+            run_config=RunConfig(
+                name=f"batchrec-train-{attempt[:8]}",
+                storage_path=os.path.join(tempfile.gettempdir(), "batchrec-ray-train"),
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+            ),
+        )
+        _log.info(
+            "%s/%s on Ray Train: %d workers × (%g CPU, %g GPU) → %s",
+            cfg.model, cfg.loss, cfg.workers, cpus, gpus, out,
+        )  # fmt: skip
+        with _following(out.rstrip("/") + ".metrics.jsonl"):
+            try:
+                trainer.fit()
+            except ray.train.TrainingFailedError as e:
+                raise _worker_cause(e) from e
+    return out
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: `train_in` on this worker's shard of the users."""
+    import ray
+    import ray.train
+    import torch
+
+    cfg: TrainConfig = config["cfg"]
+    log.set_stage("train")
+    group = distributed.Group.ray_worker()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker or 1)))
+    if cfg.fault and group.rank == 1:
+        _kill_once_published(cfg.fault, cfg.out)
+    valid = ray.get(config["valid"]) if group.main else None
+    train_in(cfg, group, ray.train.get_dataset_shard("train"), valid, config["attempt"])
+
+
+def _every_user():
+    """Ray Train's DataConfig, but splitting the users unevenly rather than dropping up to
+    workers − 1 of them as its equal split does (`fit` evens out the steps per epoch)."""
+    from ray.train import DataConfig
+
+    class EveryUser(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            hints = worker_node_ids if self._enable_shard_locality else None
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                    out[i][name] = split
+            return out
+
+    return EveryUser()
+
+
+def _worker_cause(e: Exception) -> Exception:
+    """The error a worker raised, when it is the user's to fix; else the training failure."""
+    for failure in getattr(e, "worker_failures", {}).values():
+        if isinstance(failure, UserError):
+            return UserError(failure.what, where=failure.where, fix=failure.fix)
+    return e
+
+
+def _kill_once_published(fault: str, out: str) -> None:
+    """Test-only: exit this worker abruptly once `{out}` has a checkpoint, unless PATH exists."""
+    import os
+    import threading
+    import time
+
+    kind, _, path = fault.partition(":")
+    if kind != "kill-once" or os.path.exists(path):
+        return
+
+    def watch() -> None:
+        while not storage.is_published(out):
+            time.sleep(0.2)
+        open(path, "w").close()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextmanager
+def _following(metrics_url: str, every_s: float = 2.0):
+    """Log each epoch's line as rank 0 appends it to `{out}.metrics.jsonl`: the workers' own logs
+    stay on their nodes, the driver's log tells the run's progress."""
+    import threading
+
+    stop, seen = threading.Event(), [0]
+
+    def show() -> None:
+        lines = storage.read_bytes(metrics_url).decode().splitlines() if storage.exists(metrics_url) else []
+        for line in lines[seen[0] :]:
+            r = json.loads(line)
+            _log.info(
+                "epoch %d: loss %.4f, valid NDCG@10 %.4f HR@10 %.4f, %.0f seqs/s",
+                r["epoch"], r["loss"], r["valid_NDCG@10"], r["valid_HR@10"], r["seqs_per_s"],
+            )  # fmt: skip
+        seen[0] = max(seen[0], len(lines))
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            show()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        show()
 
 
 def validate_and_publish(s: Setup, state: TrainState, epoch_loss: float, seqs_per_s: float) -> bool:

@@ -143,3 +143,35 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+RAY_TRAIN_JOB = """
+name: raytrain
+workspace: {workspace}
+date: "2026-11-23"
+stages: [synth, prepare, train, evaluate, score, index]
+gate: {{min_value: 0.05}}
+synth: {{users: 1500, items: 500, avg_len: 30, seed: 0}}
+prepare: {{split: loo}}
+train: {{model: sasrec, loss: ce, epochs: 8, batch_size: {batch}, max_len: 50, dim: 64, lr: 0.002,
+        seed: 0, device: cpu, workers: {workers}}}
+score: {{k: 20, batch_size: 500}}
+index: {{}}
+"""
+
+
+def write_ray_train_job(root: Path, workers: int) -> Path:
+    """The quickstart's data and model, trained on `workers` Ray Train workers (0: in the
+    driver's process), with the same batch per step: `workers` × batch_size = 128."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"job-{workers}.yaml"
+    path.write_text(
+        RAY_TRAIN_JOB.format(workspace=root / "ws", workers=workers, batch=128 // max(workers, 1))
+    )
+    return path
+
+
+def valid_ndcg(checkpoint: str) -> float:
+    from batchrec import storage
+
+    return storage.read_json(storage.join(checkpoint, "checkpoint.json"))["metrics"]["valid"]["valid_NDCG@10"]

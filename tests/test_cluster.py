@@ -1,8 +1,10 @@
-"""`batchrec score` on a real two-node Ray cluster (`ray start` head + worker on loopback).
+"""`batchrec score` and `batchrec run` on a real two-node Ray cluster (`ray start` head + worker
+on loopback).
 
 The driver is a separate process that joins through RAY_ADDRESS with token auth, as a KubeRay
 RayJob's driver does. Shown here: scorer actors on both nodes, every user exactly once, the
-same tables as a single-node run; and losing the worker node in the middle of a run.
+same tables as a single-node run; losing the worker node in the middle of a run; a whole job
+whose training runs on Ray Train workers of the cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_prepared
 from localcluster import LocalCluster
+from test_train_ray import NOISE, check_ray_trained_job
 
 from batchrec import checkpoint, models, schema, storage, workspace
 from batchrec.dataset import PreparedDataset
@@ -168,3 +171,9 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert_complete(out, data)
+
+
+def test_a_job_trains_on_ray_train_workers_of_the_cluster(two_nodes, tmp_path):
+    two, one = check_ray_trained_job(tmp_path, two_nodes.env())
+    print(f"\nvalid NDCG@10: 2 Ray Train workers on the two-node cluster {two:.4f}, one process {one:.4f}")
+    assert abs(two - one) <= NOISE, (two, one)
