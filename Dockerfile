@@ -1,49 +1,39 @@
-# docker build -t ghcr.io/example/batchrec:0.1.0 .     (k8s/kustomization.yaml `images:` names it)
-#
-# One image for every role of the nightly stack: the CronJob's driver (batchrec + kubectl), the
-# DDP training pods (torchrun), and the Ray head/workers/submitter (ray). CUDA comes from the
-# base image's runtime libraries plus torch's own CUDA wheel; on a CPU node it runs on CPU.
+# The batchrec image, in two variants from one file (k8s/kustomization.yaml `images:` names them):
+#   docker build -t ghcr.io/example/batchrec:0.1.0 .                                      # GPU
+#   docker build -t ghcr.io/example/batchrec-cpu:0.1.0 \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .                     # CPU
+# GPU: torch 2.13.0 from PyPI, whose Linux wheel is the CUDA 13 build and brings its CUDA
+# libraries (nvidia-* wheels), so the base is a slim Python, not a CUDA image; the host's driver
+# comes in through the NVIDIA container toolkit. CPU: the same pins, torch's CPU build (the Ray
+# head, the submitter, the CronJob's follower, CPU-only clusters). Every other package is pinned
+# by constraints.txt, the file CI and the README set-up install with: the tested versions are
+# the shipped ones (tests/test_image.py resolves them for this Python and platform).
 # checkov:skip=CKV_DOCKER_2: run-to-completion batch containers; Kubernetes Jobs track exit codes, not health
 FROM registry.k8s.io/kubectl:v1.32.4 AS kubectl
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
+FROM python:3.11.14-slim-bookworm
+ARG TORCH_INDEX=https://pypi.org/simple
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# tini: PID 1 for every entrypoint, so signals reach batchrec and orphans are reaped.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini \
- && rm -rf /var/lib/apt/lists/* \
- && python3 -m venv /opt/venv
-
-# Pinned: the versions batchrec is tested with. torch first, from its CUDA index.
-RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
- && pip install \
-      "ray[data]==2.60.0" \
-      pyarrow==26.0.1 \
-      polars==2.1.0 \
-      numpy==2.4.6 \
-      pandas==3.1.1 \
-      fsspec==2026.9.0 \
-      s3fs==2026.9.0 \
-      typer==0.29.2 \
-      click==8.4.0 \
-      PyYAML==6.0.3 \
-      tqdm==4.70.1 \
-      faiss-cpu==1.15.1
-
-COPY --from=kubectl /bin/kubectl /usr/local/bin/kubectl
+ && apt-get install -y --no-install-recommends tini=0.19.* \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/batchrec
+COPY constraints.txt ./
+RUN pip install --constraint constraints.txt --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple \
+      torch==2.13.0
+
+COPY --from=kubectl /bin/kubectl /usr/local/bin/kubectl
 COPY pyproject.toml README.md cli.py ./
 COPY batchrec ./batchrec
 COPY jobs ./jobs
-RUN pip install --no-deps . && batchrec --help > /dev/null
+RUN pip install --constraint constraints.txt ".[s3]" \
+ && batchrec --help > /dev/null
 
 # Non-root, with a UID that matches the pods' runAsUser; the root filesystem is read-only in
 # the cluster, so HOME and every cache point at /tmp (an emptyDir there).
@@ -51,5 +41,5 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp batchrec
 USER 10001:10001
 ENV HOME=/tmp XDG_CACHE_HOME=/tmp/.cache TORCHINDUCTOR_CACHE_DIR=/tmp/.cache/inductor
 
-ENTRYPOINT ["/usr/bin/tini", "--", "batchrec"]
-CMD ["--help"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["batchrec", "--help"]

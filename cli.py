@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from batchrec.commands import data, evaluate, index, run, score, train
+from batchrec.commands import data, evaluate, index, rayjob, run, score, train
 from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, UserError
 
 
@@ -43,6 +43,9 @@ app.command("evaluate", help="Full-ranking evaluation of a checkpoint: HR@k, NDC
 app.command("score", help="Score every user with Ray Data: embeddings and top-k Parquet.")(score.score)
 app.add_typer(index.app, name="index", help="FAISS index over exported item embeddings: build, query, eval.")
 app.command("run")(run.run)
+app.command(
+    "rayjob", help="Create or resume the date's KubeRay RayJob and follow it (the CronJob's command)."
+)(rayjob.rayjob)
 
 
 @app.callback()

@@ -321,7 +321,7 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
 
     storage.configure(s3_endpoint_url=job.storage.s3_endpoint_url)
     paths = paths_of(job)
-    run_id = os.environ.get("BATCHREC_RUN_ID") or f"{job.name}-{job.date}-{time.strftime('%H%M%S')}"
+    run_id = os.environ.get("BATCHREC_RUN_ID") or f"{job.name}-{job.date}"  # one run id per date
     log.set_run_id(run_id)
     report = RunReport(job=job.name, date=str(job.date), run_id=run_id, run_url=paths.run)
     earlier = _earlier_stages(paths.run)

@@ -1,9 +1,10 @@
-"""k8s/: kustomize renders; built-in kinds validate offline; CRDs carry their operators' fields;
-pods are non-root, read-only, resourced; the job ConfigMap matches jobs/; checkov passes."""
+"""k8s/: kustomize renders (the CronJob stack and the RayCronJob alternative); built-in kinds
+validate offline; KubeRay objects validate against KubeRay 1.7's CRD schemas, including the RayJob
+as the follower fills it in; pods are non-root, read-only, resourced and meet the restricted Pod
+Security Standard; the job ConfigMap matches jobs/; checkov passes."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,11 +31,28 @@ def stack() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def workloads(stack) -> dict[str, dict]:
-    """The RayJob and PyTorchJob templates, as the CronJob's driver reads them from its ConfigMap."""
+    """The RayJob template as the CronJob's follower reads it from its ConfigMap, and the same
+    RayJob as the follower fills it in for one date."""
+    from batchrec import kube
+
     cm = one(stack, "ConfigMap", "batchrec-driver")
-    docs = [yaml.safe_load(cm["data"][k]) for k in ("pytorchjob-train.yaml", "rayjob-score.yaml")]
-    assert docs == render(K8S / "workloads"), "k8s/workloads renders the same objects the driver creates"
-    return {d["kind"]: d for d in docs}
+    template = yaml.safe_load(cm["data"]["rayjob.yaml"])
+    assert [template] == render(K8S / "workloads"), "k8s/workloads renders the object the follower creates"
+    filled = kube.rayjob_manifest(
+        kube.RayJobConfig(
+            template=str(K8S / "workloads" / "rayjob-nightly.yaml"),
+            date="2026-11-24",
+            image="ghcr.io/example/batchrec:0.1.0",
+            cpu_image="ghcr.io/example/batchrec-cpu:0.1.0",
+            owner_job="batchrec-nightly-29000000/0b6f5c8e-0000-4000-8000-000000000000",
+        )
+    )
+    return {"RayJob": template, "filled RayJob": filled}
+
+
+@pytest.fixture(scope="module")
+def raycron() -> list[dict]:
+    return render(K8S / "raycronjob")
 
 
 def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
@@ -47,8 +65,8 @@ def pod_specs(doc: dict) -> list[dict]:
     kind, spec = doc["kind"], doc["spec"]
     if kind == "CronJob":
         return [spec["jobTemplate"]["spec"]["template"]["spec"]]
-    if kind == "PyTorchJob":
-        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if kind == "RayCronJob":
+        return pod_specs({"kind": "RayJob", "spec": spec["jobTemplate"]})
     if kind == "RayJob":
         cluster = spec["rayClusterSpec"]
         return [
@@ -75,13 +93,13 @@ def test_the_stack_renders_with_every_piece(stack):
     assert all(d["metadata"].get("namespace") == "batchrec" for d in stack if d["kind"] != "Namespace")
 
 
-def test_built_in_kinds_validate_against_the_kubernetes_schemas(stack, workloads):
+def test_built_in_kinds_validate_against_the_kubernetes_schemas(stack, workloads, raycron):
     import kubernetes_validate
 
-    for doc in stack:
+    for doc in [*stack, *[d for d in raycron if not d["apiVersion"].startswith("ray.io/")]]:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     # The CRDs' pod templates are core PodSpecs: validate each as a Pod.
-    for doc in workloads.values():
+    for doc in [*workloads.values(), one(raycron, "RayCronJob")]:
         for spec in pod_specs(doc):
             pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t"}, "spec": spec}
             kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -97,46 +115,79 @@ def test_cronjob_schedule_and_retry_policy(stack):
     fail_job = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert fail_job[0]["onExitCodes"]["values"] == [2, 3], "bad config and gate failures must not be retried"
     assert job["template"]["spec"]["restartPolicy"] == "Never"
-    env = {e["name"]: e["value"] for e in job["template"]["spec"]["containers"][0]["env"]}
-    assert env["BATCHREC_IMAGE"] == job["template"]["spec"]["containers"][0]["image"]
+    (c,) = job["template"]["spec"]["containers"]
+    assert "command" not in c, "args only: the image's entrypoint, tini, stays PID 1"
+    assert c["args"][0] == "batchrec" and "rayjob" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["BATCHREC_CPU_IMAGE"]["value"] == c["image"]
+    assert env["BATCHREC_IMAGE"]["value"].rsplit(":", 1)[1] == c["image"].rsplit(":", 1)[1], "one release tag"
+    assert env["BATCHREC_OWNER_JOB"]["value"] == "$(JOB_NAME)/$(JOB_UID)"
+    assert env["JOB_UID"]["valueFrom"]["fieldRef"]["fieldPath"].endswith(
+        "['batch.kubernetes.io/controller-uid']"
+    )
+    # the follower's own deadline (it then deletes the RayJob) ends before the Job's
+    from batchrec.kube import RayJobConfig
+
+    assert RayJobConfig().deadline_s < job["activeDeadlineSeconds"]
 
 
-def test_rayjob_carries_what_kuberay_needs(workloads):
+def test_the_rayjob_runs_the_whole_night_on_a_cpu_head_and_gpu_workers(workloads):
     rj = workloads["RayJob"]
     assert rj["apiVersion"] == "ray.io/v1"
     spec = rj["spec"]
-    assert (
-        spec["entrypoint"].startswith("batchrec run ") and "stages=evaluate,score,index" in spec["entrypoint"]
-    )
+    assert spec["entrypoint"] == "batchrec run /etc/batchrec/job/job.yaml", "every stage, in one job"
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
+    from batchrec.kube import RayJobConfig
+
+    assert 0 < spec["activeDeadlineSeconds"] < RayJobConfig().deadline_s
     cluster = spec["rayClusterSpec"]
-    assert cluster["rayVersion"] and "rayStartParams" in cluster["headGroupSpec"]
+    assert cluster["rayVersion"] == "2.60.0" and cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
     (gpu,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu"]
     assert {"replicas", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(gpu)
     pod = gpu["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1
-    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]) and pod["nodeSelector"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    job = yaml.safe_load((REPO / "jobs" / "nightly-sasrec.yaml").read_text())
+    assert job["train"]["workers"] == "${BATCHREC_TRAIN_WORKERS:-2}" and gpu["replicas"] == 2, (
+        "one Ray Train worker per GPU of the gpu group"
+    )
 
 
-def test_pytorchjob_carries_what_the_training_operator_needs(workloads):
-    pj = workloads["PyTorchJob"]
-    assert pj["apiVersion"] == "kubeflow.org/v1"
-    spec = pj["spec"]
-    assert set(spec["pytorchReplicaSpecs"]) == {"Master", "Worker"}
-    assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
-    for replica in spec["pytorchReplicaSpecs"].values():
-        assert replica["restartPolicy"] in ("Never", "OnFailure", "Always", "ExitCode")
-        (c,) = replica["template"]["spec"]["containers"]
-        assert c["name"] == "pytorch", "the operator finds the training container by name"
-        assert c["command"][:3] == ["torchrun", "-m", "batchrec"] and "stages=train" in c["command"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] >= 1
-    assert {"cleanPodPolicy", "backoffLimit", "ttlSecondsAfterFinished"} <= set(spec["runPolicy"])
+def test_only_labels_every_gpu_cluster_has_and_no_kubeflow(stack, workloads, raycron):
+    text = yaml.safe_dump_all([*stack, *workloads.values(), *raycron])
+    assert "nvidia.com/gpu.present" not in text and "feature.node.kubernetes.io" not in text
+    assert "kubeflow.org" not in text
 
 
-def test_every_pod_is_non_root_read_only_and_resourced(stack, workloads):
-    for doc in [one(stack, "CronJob"), *workloads.values()]:
+def test_the_follower_fills_the_template_for_one_date(workloads):
+    filled = workloads["filled RayJob"]
+    meta = filled["metadata"]
+    assert meta["name"] == "batchrec-nightly-2026-11-24" == meta["labels"]["batchrec.io/run-id"]
+    assert meta["ownerReferences"][0]["kind"] == "Job"
+    env = yaml.safe_load(filled["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env == {"BATCHREC_DATE": "2026-11-24", "BATCHREC_RUN_ID": "batchrec-nightly-2026-11-24"}
+
+
+def test_the_raycronjob_runs_the_same_rayjob(raycron, workloads):
+    cron = one(raycron, "RayCronJob")
+    assert cron["apiVersion"] == "ray.io/v1" and cron["spec"]["schedule"]
+    template = dict(workloads["RayJob"]["spec"])
+    rendered = dict(cron["spec"]["jobTemplate"])
+    images = [c["image"] for spec in pod_specs(cron) for c in spec["containers"]]
+    assert all(i.startswith("ghcr.io/example/") for i in images), "kustomize set every image"
+    for spec in (template, rendered):
+        for c in [c for s in pod_specs({"kind": "RayJob", "spec": spec}) for c in s["containers"]]:
+            c["image"] = "-"
+    assert rendered == template, "k8s/raycronjob/raycronjob.yaml's jobTemplate drifted from the RayJob"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in raycron}
+    assert {("ConfigMap", "batchrec-job"), ("ConfigMap", "batchrec-env"), ("Namespace", "batchrec")} <= kinds
+
+
+def test_every_pod_is_non_root_read_only_and_resourced(stack, workloads, raycron):
+    for doc in [one(stack, "CronJob"), *workloads.values(), one(raycron, "RayCronJob")]:
         for spec in pod_specs(doc):
             assert spec["securityContext"]["runAsNonRoot"] is True, doc["kind"]
             assert spec["serviceAccountName"], doc["kind"]
@@ -164,8 +215,18 @@ def test_driver_rbac_is_least_privilege(stack):
     role = one(stack, "Role", "batchrec-driver")
     assert not [d for d in stack if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("ray.io", "rayjobs"), ("kubeflow.org", "pytorchjobs")}
+    assert granted == {
+        ("ray.io", "rayjobs"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("batch", "jobs"),
+        ("", "events"),
+        ("events.k8s.io", "events"),
+    }
     assert not any("*" in rule["verbs"] for rule in role["rules"])
+    for rule in role["rules"]:
+        if rule["apiGroups"] != ["ray.io"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, "everything but RayJobs is read-only"
     sa = one(stack, "ServiceAccount", "batchrec-workload")
     assert sa["automountServiceAccountToken"] is False
 
@@ -173,17 +234,8 @@ def test_driver_rbac_is_least_privilege(stack):
 def test_job_configmap_is_the_shipped_nightly_job(stack):
     data = one(stack, "ConfigMap", "batchrec-job")["data"]["job.yaml"]
     assert data == (REPO / "jobs" / "nightly-sasrec.yaml").read_text(), (
-        "k8s/config/nightly-sasrec.yaml drifted: cp jobs/nightly-sasrec.yaml k8s/config/"
+        "k8s/base/config/nightly-sasrec.yaml drifted: cp jobs/nightly-sasrec.yaml k8s/base/config/"
     )
-
-
-def test_driver_script_parses_and_its_templates_fit_its_edits(stack):
-    script = one(stack, "ConfigMap", "batchrec-driver")["data"]["nightly.sh"]
-    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
-    for name in ("pytorchjob-train.yaml", "rayjob-score.yaml"):
-        text = (K8S / "workloads" / name).read_text()
-        # nightly.sh renames `  name: batchrec-…` and fills `${BATCHREC_DATE}` and `image: batchrec:…`.
-        assert "\n  name: batchrec-" in text and "${BATCHREC_DATE}" in text and "image: batchrec:" in text
 
 
 @pytest.mark.skipif(shutil.which("checkov") is None, reason="checkov not installed (pip install checkov)")
@@ -220,20 +272,6 @@ def test_checkov_policy_scan_passes():
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-4000:]
-
-
-def test_dockerfile_is_cuda_runtime_non_root_pinned_with_batchrec_entrypoint():
-    text = (REPO / "Dockerfile").read_text()
-    froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert any(f.startswith("nvidia/cuda:") and "runtime" in f for f in froms), froms
-    assert all(":" in f and not f.endswith(":latest") for f in froms)
-    (user,) = re.findall(r"^USER (\S+)", text, re.M)
-    assert not user.startswith(("root", "0"))
-    assert '"batchrec"]' in re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1)
-    installs = re.findall(r"pip install ([^&]+?)(?:&&|\n\n|$)", text, re.S)
-    reqs = [t.strip('"\\') for chunk in installs for t in chunk.split() if not t.startswith(("-", "\\", "."))]
-    reqs = [r for r in reqs if not r.startswith(("$", "http"))]
-    assert reqs and all("==" in r for r in reqs), reqs
 
 
 CRDS = REPO.parent / "shared" / "k8s-crds"
@@ -281,11 +319,12 @@ def test_the_crd_check_catches_a_misplaced_field():
         jsonschema.validate({**good, "spec": {"entrypoint": "x", "shutdownAfterJobFinish": True}}, rayjob)
 
 
-def test_kuberay_objects_validate_against_the_real_crd_schemas(stack, workloads):
+def test_kuberay_objects_validate_against_the_real_crd_schemas(stack, workloads, raycron):
     import jsonschema
 
     schemas = crd_schemas()
-    docs = [d for d in [*stack, *workloads.values()] if d["apiVersion"].startswith("ray.io/")]
+    docs = [d for d in [*stack, *workloads.values(), *raycron] if d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for d in docs} == {"RayJob", "RayCronJob"}
     assert docs, "the stack has KubeRay objects"
     for doc in docs:
         schema = schemas[(doc["apiVersion"], doc["kind"])]
@@ -351,9 +390,9 @@ def test_the_restricted_check_refuses_what_the_standard_refuses():
     ]
 
 
-def test_every_pod_template_meets_the_restricted_pod_security_standard(stack, workloads):
+def test_every_pod_template_meets_the_restricted_pod_security_standard(stack, workloads, raycron):
     namespace = one(stack, "Namespace")["metadata"]["labels"]
     assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
-    for doc in [one(stack, "CronJob"), *workloads.values()]:
+    for doc in [one(stack, "CronJob"), *workloads.values(), one(raycron, "RayCronJob")]:
         for spec in pod_specs(doc):
             assert restricted_violations(spec) == [], doc["kind"]

@@ -7,5 +7,9 @@ from batchrec import train as stage
 from batchrec.train import TrainConfig
 
 train = flags.command(
-    TrainConfig, lambda cfg: stage.run(cfg), doc="Train a model; prints the checkpoint URL."
+    TrainConfig,
+    lambda cfg: stage.run(cfg),
+    doc="Train a model; prints the checkpoint URL.",
+    envvars={"ray_address": "RAY_ADDRESS"},
+    hidden=("fault",),
 )
