@@ -114,12 +114,13 @@ def main() -> None:
         out = root / f"ckpt-{n}"
         cmd = [
             *batchrec, "train", "--model", "sasrec", "--data", str(data), "--out", str(out),
-            "--epochs", "1", "--dim", "16", "--max-len", "20", "--batch-size", str(512 // max(n, 1)),
+            "--epochs", "1", "--dim", "16", "--max-len", "50", "--loss", "sampled", "--n-negatives", "64",
+            "--batch-size", str(1024 // max(n, 1)),
             "--eval-max-users", "2000", "--device", "cpu", "--workers", str(n),
         ]  # fmt: skip
         results[n] = measure(cmd, env)
         print(json.dumps({"workers": n, **results[n]}), flush=True)
-    print(f"\n{a.users:,} users, one epoch, SASRec d=16 max_len=20:")
+    print(f"\n{a.users:,} users, one epoch, SASRec d=16 max_len=50, sampled softmax (64 negatives):")
     for n, r in results.items():
         who = "one process (no Ray)" if n == 0 else f"{n} Ray Train worker(s)"
         print(

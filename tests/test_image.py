@@ -128,3 +128,10 @@ def test_the_cpu_image_resolves_torch_from_the_cpu_index():
     res = dry_run(["torch==2.13.0", *image_requirements()], CPU_TORCH, ["--extra-index-url", PYPI])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "torch-2.13.0+cpu" in res.stdout and "nvidia" not in res.stdout
+
+
+def test_the_rayjob_asks_for_the_ray_the_image_ships():
+    import yaml
+
+    spec = yaml.safe_load((REPO / "k8s" / "workloads" / "rayjob-nightly.yaml").read_text())["spec"]
+    assert spec["rayClusterSpec"]["rayVersion"] == pins()["ray"], "rayVersion must match constraints.txt"
