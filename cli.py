@@ -4,9 +4,14 @@ Commands parse flags into stage configs and call the stage; they hold no logic. 
 imports (torch, ray, faiss) happen inside the commands so `batchrec --help` stays fast.
 A `UserError` anywhere becomes one `error: …` line on stderr and exit code 2; a
 `RetryableError` (a stalled scoring run) one line and exit code 75.
+
+Global options (`--log-format`, `--quiet`, `--verbose`, `--version`) may come before or after
+the subcommand: `batchrec score … --log-format json` is `batchrec --log-format json score …`.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 import typer
 from typer.core import TyperGroup
@@ -14,8 +19,40 @@ from typer.core import TyperGroup
 from batchrec.commands import data, evaluate, index, rayjob, run, score, train
 from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, UserError
 
+# Global options and whether each takes a value; they are moved before the subcommand.
+GLOBAL = {
+    "--log-format": True,
+    "--quiet": False,
+    "-q": False,
+    "--verbose": False,
+    "-v": False,
+    "--version": False,
+}
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """`args` with the global options found after the subcommand moved in front of it."""
+    front, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL:
+            takes = GLOBAL[name] and "=" not in arg
+            front += args[i : i + 1 + takes]
+            i += 1 + takes
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
 
 class _Group(TyperGroup):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, hoist_globals(list(args)))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -33,7 +70,6 @@ app = typer.Typer(
     help="Batch scoring and embedding export for sequential recommenders.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 app.add_typer(data.app, name="data", help="Ingest interaction logs: prepare, stats, synth, download.")
 app.command("train", help="Train a sequence model (one process, or DDP under torchrun).")(train.train)
@@ -48,15 +84,41 @@ app.command(
 )(rayjob.rayjob)
 
 
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from batchrec import __version__
+
+        typer.echo(f"batchrec {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
-    log_json: bool = typer.Option(
-        False, "--log-json", envvar="BATCHREC_LOG_JSON", help="One JSON object per log line."
+    log_format: LogFormat = typer.Option(
+        LogFormat.text,
+        "--log-format",
+        envvar="BATCHREC_LOG_FORMAT",
+        help="json: one JSON object per log line.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (Ray's own among them)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
+    import logging
+
     from batchrec import log
 
-    log.configure(json_format=True if log_json else None)
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    log.configure(json_format=log_format is LogFormat.json, level=level)
 
 
 if __name__ == "__main__":

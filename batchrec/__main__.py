@@ -1,5 +1,5 @@
-"""`python -m batchrec …` — what `torchrun -m batchrec train …` runs."""
+"""`python -m batchrec …` — what `torchrun -m batchrec train …` runs; the same program as `batchrec`."""
 
 from cli import app
 
-app()
+app(prog_name="batchrec")

@@ -174,7 +174,7 @@ def write_prepared(
                 if existing
                 else "the destination is not empty",
                 where=url,
-                fix="choose another --out, or pass --overwrite to replace it",
+                fix="choose another --out, or pass --force to replace it",
             )
     metadata = {
         "format_version": schema.PREPARED_FORMAT_VERSION,

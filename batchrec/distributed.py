@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+Device = Literal["auto", "cpu", "cuda"]
 
 
 def device(name: str = "auto", local_rank: int | None = None):

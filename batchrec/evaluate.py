@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from batchrec import distributed, log, workspace
+from batchrec.distributed import Device
 from batchrec.ranking import (
     TIE_RULE,
+    SeenPolicy,
     SplitData,
-    check_seen_policy,
     describe_seen_policy,
     evaluate_model,
     seen_policy,
@@ -39,19 +40,17 @@ class EvaluateConfig:
     checkpoint: str | None = None  # default: the workspace's latest checkpoint of `model`
     data: str | None = None  # default: the checkpoint's own data if still there, else the workspace's latest
     model: str = "sasrec"  # whose latest checkpoint is the default
-    split: str = "test"  # test | valid
+    split: Literal["test", "valid"] = "test"
     ks: list[int] = field(default_factory=lambda: [10, 20])  # cutoffs (repeat the flag for several)
     batch_size: int = 256  # users per scoring batch
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"  # auto: CUDA when visible
     # history: mask every history item, a repeated target is a miss | none.
     # Default: the checkpoint's training policy.
-    exclude_seen: str | None = None
+    exclude_seen: SeenPolicy | None = None
     workspace: str | None = None  # workspace for default locations
 
     def validate(self) -> list[str]:
-        errs = check_seen_policy(self.exclude_seen) if self.exclude_seen is not None else []
-        if self.split not in ("valid", "test"):
-            errs.append(f"split: {self.split!r} is not one of 'valid', 'test'")
+        errs = []
         if not self.ks or any(k < 1 for k in self.ks):
             errs.append("ks: give one or more k ≥ 1")
         return errs

@@ -23,8 +23,9 @@ from typing import Annotated, Any, Union
 
 import typer
 
-# Environment variables that fill a flag when it is not given, wherever the field appears.
-ENVVARS = {"workspace": "BATCHREC_WORKSPACE"}
+# Environment variables that fill a flag when it is not given, wherever the field appears: one
+# variable per idea, the same in every command (what a CronJob sets).
+ENVVARS = {"workspace": "BATCHREC_WORKSPACE", "date": "BATCHREC_DATE", "ray_address": "RAY_ADDRESS"}
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -55,7 +56,7 @@ def _flag_type(tp: Any) -> Any | None:
         inner = _flag_type(args[0]) if len(args) == 1 else str
         return None if inner is None else inner | None
     if origin is typing.Literal:
-        return str
+        return tp  # typer lists the choices in --help and refuses others
     if origin is dict:
         return None
     return tp

@@ -327,7 +327,7 @@ def run_job(job: JobConfig, *, force: bool = False) -> RunReport:
     earlier = _earlier_stages(paths.run)
     log.set_stage("pipeline")
     if force:
-        job.prepare = job.prepare and dataclasses.replace(job.prepare, overwrite=True)
+        job.prepare = job.prepare and dataclasses.replace(job.prepare, force=True)
     runners: dict[str, Callable[[], Any]] = {
         "synth": lambda: synth.run(job.synth),
         "prepare": lambda: prepare.run(job.prepare),

@@ -17,7 +17,7 @@ model's scores for them. torch is imported only where tensors are used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -28,16 +28,10 @@ from batchrec.errors import UserError
 if TYPE_CHECKING:
     from batchrec.dataset import PreparedDataset
 
-SEEN_POLICIES = ("history", "none")
+SeenPolicy = Literal["history", "none"]
+SEEN_POLICIES = get_args(SeenPolicy)
 DEFAULT_SEEN_POLICY = "history"
 TIE_RULE = "a tie between the target and another item counts against the model"
-
-
-def check_seen_policy(value: Any) -> list[str]:
-    """Config validation errors for an `exclude_seen` value (empty when valid)."""
-    if value in SEEN_POLICIES:
-        return []
-    return [f"exclude_seen: {value!r} is not one of {', '.join(repr(p) for p in SEEN_POLICIES)}"]
 
 
 def seen_policy(explicit: str | None, train_config: dict[str, Any] | None) -> str:

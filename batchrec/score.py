@@ -69,7 +69,7 @@ class ScoreConfig:
     # None: 600 s until the first batch (actor start-up, model load), then 10× the slowest
     # batch so far, at least 120 s.
     stall_timeout_s: float | None = None
-    exclude_seen: str | None = None  # history | none; default: the checkpoint's training policy
+    exclude_seen: ranking.SeenPolicy | None = None  # default: the checkpoint's training policy
     # Test-only fault injection: "kill-once:PATH" kills the scorer process on the first batch
     # while PATH does not exist (and creates it); "raise" fails every batch; "hang" blocks forever;
     # "slow:S" sleeps S seconds per batch.
@@ -85,8 +85,6 @@ class ScoreConfig:
             errs.append(f"num_workers must be ≥ 1, got {self.num_workers}")
         if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
             errs.append(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
-        if self.exclude_seen is not None:
-            errs += ranking.check_seen_policy(self.exclude_seen)
         return errs + schema.check_date("date", self.date)
 
 

@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from batchrec import batching, distributed, log, storage, workspace
+from batchrec.distributed import Device
 from batchrec.errors import UserError
-from batchrec.models import LOSSES, check_model, model_class
-from batchrec.ranking import DEFAULT_SEEN_POLICY, SplitData, check_seen_policy, evaluate_model
+from batchrec.models import LossName, check_model, model_class
+from batchrec.ranking import DEFAULT_SEEN_POLICY, SeenPolicy, SplitData, evaluate_model
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +64,7 @@ class TrainConfig:
     model: str = "sasrec"  # sasrec | bert4rec | gru4rec | pop
     data: str | None = None  # default: the workspace's latest prepared dataset
     out: str | None = None  # default: {workspace}/checkpoints/{model}/{stamp}
-    loss: str = "ce"  # ce | bce | sampled | inbatch
+    loss: LossName = "ce"  # full softmax, one negative per position, sampled softmax, in-batch + logQ
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # sequences per step (per process under DDP)
     max_len: int | None = None  # longest history the model reads; None: the model's default
@@ -73,14 +74,14 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     seed: int = 0  # runs are deterministic given it
     n_negatives: int = 256  # `sampled` loss only
-    exclude_seen: str = DEFAULT_SEEN_POLICY  # history | none: for validation, then evaluate/score
+    exclude_seen: SeenPolicy = DEFAULT_SEEN_POLICY  # for validation, then evaluate/score
     model_config: dict[str, Any] = field(default_factory=dict)  # other model keys, e.g. n_layers, mask_prob
     patience: int | None = None  # evaluations without a better valid NDCG@10; None: the model's default
     eval_every_steps: int = 0  # 0: evaluate once per epoch
     eval_max_users: int = 20000  # validation users sampled per evaluation (full ranking each)
     compile: bool = False  # torch.compile the model
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"  # auto: CUDA when visible
     resume: bool = False  # continue an interrupted run from {out}/train_state.pt
     warm_start: str | None = None  # checkpoint whose item vectors seed this model, matched by external id
     stop_after_epochs: int | None = None  # stop this process after so many epochs (tests --resume)
@@ -96,9 +97,7 @@ class TrainConfig:
     fault: str | None = None
 
     def validate(self) -> list[str]:
-        errs = check_model(self.model) + check_seen_policy(self.exclude_seen)
-        if self.loss not in LOSSES:
-            errs.append(f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        errs = check_model(self.model)
         if self.workers < 0 or self.max_failures < 0:
             errs.append("workers and max_failures must be ≥ 0")
         for k in ("gpus_per_worker", "cpus_per_worker"):

@@ -123,10 +123,10 @@ def test_destination_holding_another_dataset(tmp_path, out):
     before = PreparedDataset.open(str(out)).fingerprint
     snapshot = {p: os.path.getmtime(out / p) for p in os.listdir(out)}
     msg = _prepare(b, out, *zeros)
-    assert "already holds a different dataset" in msg and "--overwrite" in msg
+    assert "already holds a different dataset" in msg and "--force" in msg
     assert {p: os.path.getmtime(out / p) for p in os.listdir(out)} == snapshot
     assert PreparedDataset.open(str(out)).fingerprint == before
-    res = runner.invoke(app, ["data", "prepare", str(b), "--out", str(out), *zeros, "--overwrite"])
+    res = runner.invoke(app, ["data", "prepare", str(b), "--out", str(out), *zeros, "--force"])
     assert res.exit_code == 0 and PreparedDataset.open(str(out)).fingerprint != before
 
 

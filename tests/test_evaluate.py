@@ -12,7 +12,7 @@ import torch
 from conftest import make_tiny_prepared
 from typer.testing import CliRunner
 
-from batchrec.ranking import check_seen_policy, coverage, mask_seen, rank_metrics, seen_policy, target_ranks
+from batchrec.ranking import coverage, mask_seen, rank_metrics, seen_policy, target_ranks
 from cli import app
 
 runner = CliRunner()
@@ -53,8 +53,13 @@ def test_mask_seen_history_masks_a_repeated_target_and_none_masks_only_padding()
 
 
 def test_seen_policy_validation_and_resolution():
-    assert check_seen_policy("history") == check_seen_policy("none") == []
-    assert check_seen_policy("all") == ["exclude_seen: 'all' is not one of 'history', 'none'"]
+    from batchrec import config
+    from batchrec.errors import UserError
+    from batchrec.evaluate import EvaluateConfig
+
+    assert config.from_dict(EvaluateConfig, {"exclude_seen": "none"}).exclude_seen == "none"
+    with pytest.raises(UserError, match="exclude_seen: 'all' is not one of 'history', 'none'"):
+        config.from_dict(EvaluateConfig, {"exclude_seen": "all"})
     assert seen_policy(None, {}) == seen_policy(None, None) == "history"  # checkpoints from before the policy
     assert seen_policy(None, {"exclude_seen": "none"}) == "none"
     assert seen_policy("history", {"exclude_seen": "none"}) == "history"
@@ -98,7 +103,8 @@ def test_seen_policy_from_the_checkpoint_or_the_flag_and_popularity_from_train_c
 
     def evaluate(*flags: str) -> dict:
         r = runner.invoke(
-            app, ["evaluate", "--checkpoint", ckpt, "--data", data, "--json", "--k", "1", "--k", "2", *flags]
+            app,
+            ["evaluate", "--checkpoint", ckpt, "--data", data, "--json", "--ks", "1", "--ks", "2", *flags],
         )
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)
@@ -132,7 +138,7 @@ def test_evaluate_json_reports_model_baseline_and_protocol(tiny_prepared, tmp_pa
     assert (
         runner.invoke(app, ["train", "--model", "pop", "--data", tiny_prepared, "--out", ckpt]).exit_code == 0
     )
-    r = runner.invoke(app, ["evaluate", "--checkpoint", ckpt, "--data", tiny_prepared, "--json", "--k", "5"])
+    r = runner.invoke(app, ["evaluate", "--checkpoint", ckpt, "--data", tiny_prepared, "--json", "--ks", "5"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["split"] == "test" and report["users"] == 20 and "full ranking" in report["protocol"]

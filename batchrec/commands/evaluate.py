@@ -21,7 +21,6 @@ evaluate = flags.command(
     EvaluateConfig,
     _run,
     doc="Full-ranking HR@k, NDCG@k, MRR, Coverage@k of a checkpoint, with the popularity baseline beside it.",
-    names={"ks": "--k"},
     extras={
         "as_json": (
             Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")],

@@ -23,7 +23,6 @@ rayjob = flags.command(
     "Exit codes: 0 succeeded; 2 bad input or manifest, 3 quality gate (do not retry); 75 deadline or "
     "API unreachable, 1 other failures (retry).",
     envvars={
-        "date": "BATCHREC_DATE",
         "image": "BATCHREC_IMAGE",
         "cpu_image": "BATCHREC_CPU_IMAGE",
         "owner_job": "BATCHREC_OWNER_JOB",

@@ -10,6 +10,5 @@ score = flags.command(
     ScoreConfig,
     lambda cfg: stage.run(cfg),
     doc="Score every user with Ray Data: user/item embeddings and top-k Parquet, published atomically.",
-    envvars={"ray_address": "RAY_ADDRESS"},
     hidden=("fault",),
 )

@@ -10,6 +10,5 @@ train = flags.command(
     TrainConfig,
     lambda cfg: stage.run(cfg),
     doc="Train a model; prints the checkpoint URL.",
-    envvars={"ray_address": "RAY_ADDRESS"},
     hidden=("fault",),
 )

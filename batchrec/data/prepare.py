@@ -44,7 +44,7 @@ class PrepareConfig:
     split: Literal["loo", "time", "full"] = "loo"  # leave-one-out, global time quantiles, or none
     valid_quantile: float = 0.8  # split=time: valid targets after this quantile of time
     test_quantile: float = 0.9  # split=time: test targets after this quantile of time
-    overwrite: bool = False  # replace a different dataset already at `out`
+    force: bool = False  # replace a different dataset already at `out`
     workspace: str | None = None  # workspace for default locations
 
     def validate(self) -> list[str]:
@@ -65,7 +65,7 @@ class PrepareConfig:
 
     def params(self) -> dict:
         """The parameters that shape the data (recorded in metadata.json)."""
-        skip = {"input", "out", "overwrite", "workspace"}
+        skip = {"input", "out", "force", "workspace"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -118,7 +118,7 @@ def run(cfg: PrepareConfig) -> str:
         source=cfg.input,
         params={**cfg.params(), "format": fmt},
         stats=stats,
-        overwrite=cfg.overwrite,
+        overwrite=cfg.force,
     )
     _log.info(f"prepared dataset published at {out} ({time.monotonic() - t0:.1f}s)")
     return out

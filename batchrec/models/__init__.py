@@ -2,13 +2,13 @@
 configs can validate a model or loss name without it; `model_class` imports the model on use.
 
 A new model: a module in this package with a `SeqRecModel` subclass (see `base.py`), and one line
-in `MODELS`. A new loss: a branch in `losses.Loss` and its name in `LOSSES`.
+in `MODELS`. A new loss: a branch in `losses.Loss` and its name in `LossName`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from batchrec.errors import UserError
 
@@ -22,7 +22,8 @@ MODELS: dict[str, Any] = {
     "bert4rec": "batchrec.models.bert4rec:BERT4Rec",
     "gru4rec": "batchrec.models.gru4rec:GRU4Rec",
 }
-LOSSES = ("ce", "bce", "sampled", "inbatch")
+LossName = Literal["ce", "bce", "sampled", "inbatch"]
+LOSSES = get_args(LossName)
 
 
 def check_model(name: str) -> list[str]:
