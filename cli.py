@@ -16,7 +16,7 @@ from enum import Enum
 import typer
 from typer.core import TyperGroup
 
-from batchrec.commands import data, evaluate, index, rayjob, run, score, train
+from batchrec.commands import data, evaluate, index, rayjob, recommend, run, score, train
 from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, UserError
 
 # Global options and whether each takes a value; they are moved before the subcommand.
@@ -77,6 +77,9 @@ app.command("evaluate", help="Full-ranking evaluation of a checkpoint: HR@k, NDC
     evaluate.evaluate
 )
 app.command("score", help="Score every user with Ray Data: embeddings and top-k Parquet.")(score.score)
+app.command("recommend", help="One user's history and top-k at the terminal, with titles.")(
+    recommend.recommend
+)
 app.add_typer(index.app, name="index", help="FAISS index over exported item embeddings: build, query, eval.")
 app.command("run")(run.run)
 app.command(

@@ -51,22 +51,32 @@ def topk_table(
     user_map: IdMap,
     item_map: IdMap,
     layout: str = "lists",
+    source: str = "model",
 ) -> pa.Table:
     """(B, k) internal item ids and scores in rank order → the top-k table.
 
     Entries scored -inf are masked (a user who has seen almost the whole catalogue has fewer
-    than k candidates); they are dropped, so such a user's list is shorter than k.
+    than k candidates); they are dropped, so such a user's list is shorter than k. A NaN score
+    is written as null: the fallback lists have no model score.
     """
-    valid = np.isfinite(scores)
+    valid = ~np.isneginf(scores)
     counts = valid.sum(axis=1)
     flat_items = item_map.to_external(items[valid])
-    flat_scores = pa.array(scores[valid].astype(np.float32))
+    kept = scores[valid].astype(np.float32)
+    flat_scores = pa.array(kept, mask=np.isnan(kept))
     users = user_map.to_external(user_idx)
+    sources = pa.array([source] * len(user_idx), pa.string())
     if layout == "exploded":
         rows = np.repeat(np.arange(len(user_idx)), counts)
         ranks = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else []
         return pa.Table.from_arrays(
-            [users.take(pa.array(rows)), pa.array(ranks, pa.int32()), flat_items, flat_scores],
+            [
+                users.take(pa.array(rows)),
+                pa.array(ranks, pa.int32()),
+                flat_items,
+                flat_scores,
+                sources.take(pa.array(rows)),
+            ],
             schema=schema.topk_exploded_schema(user_map.type, item_map.type),
         )
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
@@ -75,9 +85,25 @@ def topk_table(
             users,
             pa.ListArray.from_arrays(offsets, flat_items),
             pa.ListArray.from_arrays(offsets, flat_scores),
+            sources,
         ],
         schema=schema.topk_schema(user_map.type, item_map.type),
     )
+
+
+def write_fallback_part(
+    run_url: str, user_idx: np.ndarray, popular: np.ndarray, user_map: IdMap, item_map: IdMap, layout: str
+) -> int:
+    """The top-k rows of users the model cannot score: everyone gets `popular` (internal ids, most
+    popular first), `source` "fallback", no score. One part, named after its first user."""
+    if not len(user_idx):
+        return 0
+    user_idx = np.sort(user_idx)
+    items = np.tile(popular, (len(user_idx), 1))
+    scores = np.full(items.shape, np.nan, dtype=np.float32)
+    table = topk_table(user_idx, items, scores, user_map, item_map, layout, source="fallback")
+    storage.write_parquet(table, storage.join(run_url, schema.TOPK, part_name(int(user_idx[0]))))
+    return len(user_idx)
 
 
 def write_part(

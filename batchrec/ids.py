@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,3 +63,13 @@ class IdMap:
         else:
             h.update("\x00".join(map(str, arr.to_pylist())).encode())
         return h.hexdigest()[:16]
+
+
+def parse_id(text: str, type_: pa.DataType, what: str) -> Any:
+    """A command-line id converted to the id map's type (ids keep their original type)."""
+    try:
+        return pa.scalar(text).cast(type_)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise UserError(
+            f"{what} id {text!r} is not a valid {type_}", fix=f"{what} ids here are {type_}"
+        ) from e

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from batchrec import __version__, log, schema, storage, workspace
 from batchrec.errors import UserError
+from batchrec.ids import parse_id
 
 if TYPE_CHECKING:
     import faiss
@@ -91,16 +92,6 @@ class Index:
                 fix=f"use an id from {schema.INDEX_IDS}, e.g. {', '.join(map(str, self.ids[:3].to_pylist()))}",
             )
         return pos
-
-
-def parse_id(text: str, type_: pa.DataType, what: str) -> Any:
-    """A command-line id converted to the id map's type (ids keep their original type)."""
-    try:
-        return pa.scalar(text).cast(type_)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise UserError(
-            f"{what} id {text!r} is not a valid {type_}", fix=f"{what} ids here are {type_}"
-        ) from e
 
 
 def latest_run(ws: str | None, model: str) -> str:

@@ -33,8 +33,11 @@ tables partitioned by date, laid out the way Hive, Spark, Athena/BigQuery extern
 and pyarrow discover partitions (each table's directory is one table with a `dt` column), and
 one record per date:
     topk/dt=DATE/part-*.parquet             user_id, item_ids list<item type>, scores list<float32>
-                                            (rank order) — or, exploded: user_id, rank int32,
-                                            item_id, score float32
+                                            (rank order), source string — or, exploded: user_id,
+                                            rank int32, item_id, score float32, source string.
+                                            source: "model", or "fallback" for a user whose
+                                            history has no item the model knows: the date's most
+                                            popular items, score null (no model score exists)
     user_embeddings/dt=DATE/part-*.parquet  user_id, embedding fixed_size_list<float32>[d]
     item_embeddings/dt=DATE/part-*.parquet  item_id, embedding fixed_size_list<float32>[d]
     index/dt=DATE/                          optional FAISS index of that date's item embeddings
@@ -168,6 +171,7 @@ def topk_schema(user_id_type: pa.DataType, item_id_type: pa.DataType) -> pa.Sche
             ("user_id", user_id_type),
             ("item_ids", pa.list_(item_id_type)),
             ("scores", pa.list_(pa.float32())),
+            ("source", pa.string()),
         ]
     )
 
@@ -179,5 +183,6 @@ def topk_exploded_schema(user_id_type: pa.DataType, item_id_type: pa.DataType) -
             ("rank", pa.int32()),
             ("item_id", item_id_type),
             ("score", pa.float32()),
+            ("source", pa.string()),
         ]
     )

@@ -22,14 +22,13 @@ completes within `stall_timeout_s`, kills its actors and exits 75 (retryable). A
 that dies (its node lost) is restarted and its batch retried; parts are named by batch, so a
 retried batch replaces its files. Any checkpoint scores any prepared data: items are matched to
 the checkpoint's vocabulary by external id (`checkpoint.vocabulary`).
-The `Scorer` is a plain callable (dict of numpy arrays → dict): it runs on one batch without
-Ray, which is how its tests and the GPU benchmark use it.
+The `Scorer` (batchrec/scorer.py) is a plain callable (dict of numpy arrays → dict): it runs on
+one batch without Ray, which is how its tests, the GPU benchmark and `batchrec recommend` use it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
 import uuid
@@ -38,8 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from batchrec import batching, distributed, export, log, ranking, schema, storage, workspace
+from batchrec import export, log, ranking, schema, storage, workspace
 from batchrec.errors import RetryableError, UserError
+from batchrec.scorer import Scorer
 
 _log = log.get("score")
 
@@ -88,172 +88,12 @@ class ScoreConfig:
         return errs + schema.check_date("date", self.date)
 
 
-# ---------------------------------------------------------------------------------------------
-# The Scorer: one batch of users → vectors and exact top-k, on CPU or GPU, without Ray.
-
-
-class Scorer:
-    """Load a checkpoint once; map a batch {user_idx, items} to vectors and top-k unseen items.
-
-    Histories are in the checkpoint's internal item ids. Under `exclude_seen="history"` every
-    history item is masked; under `"none"` only padding is (repeats may be recommended).
-
-    Returns internal ids: user_idx (B,), embedding (B, d) float32, topk_items (B, k) int32 and
-    topk_scores (B, k) float32 in rank order; a slot with score -inf is a masked item (the user
-    has fewer than k unseen items). On CUDA the encoder runs under bf16 autocast; the vectors
-    are then cast to float32 and scored in float32, so every exported score is exactly
-    ⟨exported user vector, exported item vector⟩ up to float rounding.
-    """
-
-    def __init__(
-        self,
-        checkpoint: str,
-        *,
-        k: int = 100,
-        device: str | None = None,
-        encode_batch: int = 512,
-        user_chunk: int = 1024,
-        item_chunk: int = 32768,
-        threads: int | None = None,
-        retrieval: str = "exact",
-        exclude_seen: str = ranking.DEFAULT_SEEN_POLICY,
-        fault: str | None = None,
-    ):
-        import torch
-
-        from batchrec import checkpoint as ckpt
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = distributed.device(device or "auto")
-        self.model, self.meta = ckpt.load(checkpoint, map_location=self.device)
-        with torch.no_grad():
-            self.items = self.model.item_embeddings().detach().float().contiguous()  # (N + 1, d)
-        self.n_items = self.items.shape[0] - 1
-        self.k = min(k, self.n_items)
-        self.encode_batch, self.user_chunk, self.item_chunk = encode_batch, user_chunk, item_chunk
-        self.mask_history = exclude_seen == "history"
-        self.fault = fault
-        self.index = None
-        if retrieval == "faiss":
-            from batchrec import ann
-
-            self.index = ann.build_index(self.item_vectors()[1:], None, "ip")  # row r = item r + 1
-
-    @property
-    def d(self) -> int:
-        return int(self.items.shape[1])
-
-    def item_vectors(self) -> np.ndarray:
-        return self.items.cpu().numpy()
-
-    def encode(self, histories: list[np.ndarray]) -> np.ndarray:
-        """(B, d) float32 user vectors; sorted by length so each sub-batch pads only to its own longest."""
-        import torch
-
-        order = np.argsort([len(h) for h in histories], kind="stable")
-        out = torch.empty(len(histories), self.d, dtype=torch.float32, device=self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with torch.inference_mode(), autocast:
-            for s in range(0, len(order), self.encode_batch):
-                rows = order[s : s + self.encode_batch]
-                seqs, lengths = batching.left_pad([histories[r] for r in rows], self.model.max_len)
-                vec = self.model.encode(
-                    torch.from_numpy(seqs).to(self.device), torch.from_numpy(lengths).to(self.device)
-                )
-                out[torch.from_numpy(rows).to(self.device)] = vec.float()
-        return out
-
-    def topk(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the catalogue by chunked matmul, padding (and seen items) masked."""
-        import torch
-
-        if not self.mask_history:
-            histories = [h[:0] for h in histories]
-        lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        seen_rows = torch.from_numpy(np.repeat(np.arange(len(histories)), lengths)).to(self.device)
-        seen_items = torch.from_numpy(
-            np.concatenate(histories).astype(np.int64) if len(histories) else np.zeros(0, np.int64)
-        ).to(self.device)
-        all_scores, all_items = [], []
-        with torch.inference_mode():
-            for u0 in range(0, len(histories), self.user_chunk):
-                u1 = min(u0 + self.user_chunk, len(histories))
-                in_users = (seen_rows >= u0) & (seen_rows < u1)
-                rows_u, items_u = seen_rows[in_users] - u0, seen_items[in_users]
-                best_s = torch.empty(u1 - u0, 0, device=self.device)
-                best_i = torch.empty(u1 - u0, 0, dtype=torch.int64, device=self.device)
-                for c0 in range(0, self.n_items + 1, self.item_chunk):
-                    c1 = min(c0 + self.item_chunk, self.n_items + 1)
-                    s = users[u0:u1] @ self.items[c0:c1].T  # (b, C)
-                    if c0 == 0:
-                        s[:, schema.PAD] = -torch.inf
-                    hit = (items_u >= c0) & (items_u < c1)
-                    s[rows_u[hit], items_u[hit] - c0] = -torch.inf
-                    v, i = s.topk(min(self.k, c1 - c0), dim=1)
-                    best_s, pick = torch.cat([best_s, v], 1).topk(
-                        min(self.k, best_s.shape[1] + v.shape[1]), 1
-                    )
-                    best_i = torch.cat([best_i, i + c0], 1).gather(1, pick)
-                all_scores.append(best_s.cpu())
-                all_items.append(best_i.cpu())
-        return (
-            torch.cat(all_items).numpy().astype(np.int32),
-            torch.cat(all_scores).numpy().astype(np.float32),
-        )
-
-    def topk_ann(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k through the FAISS index: over-fetch by the longest history, drop seen items, rescore exactly."""
-        from batchrec import ann
-
-        queries = users.float().cpu().numpy()
-        if not self.mask_history:
-            histories = [h[:0] for h in histories]
-        fetch = min(self.n_items, self.k + max((len(h) for h in histories), default=0))
-        _, rows = ann.search(self.index, queries, fetch)
-        cand = rows + 1  # internal ids; 0 where FAISS found fewer than `fetch`
-        items_np = self.item_vectors()
-        scores = np.einsum("bd,bkd->bk", queries, items_np[cand]).astype(np.float32)
-        for row, h in enumerate(histories):
-            scores[row, np.isin(cand[row], h) | (cand[row] == schema.PAD)] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
-        return (
-            np.take_along_axis(cand, order, 1).astype(np.int32),
-            np.take_along_axis(scores, order, 1),
-        )
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._maybe_fail()
-        histories = [np.asarray(h, dtype=np.int64) for h in batch["items"]]
-        users = self.encode(histories)
-        items, scores = self.topk(users, histories) if self.index is None else self.topk_ann(users, histories)
-        return {
-            "user_idx": np.asarray(batch["user_idx"], dtype=np.int32),
-            "embedding": users.cpu().numpy(),
-            "topk_items": items,
-            "topk_scores": scores,
-        }
-
-    def _maybe_fail(self) -> None:
-        if not self.fault:
-            return
-        if self.fault == "raise":
-            raise RuntimeError("injected scoring fault (fault=raise)")
-        if self.fault == "hang":
-            threading.Event().wait()
-        if self.fault.startswith("slow:"):
-            time.sleep(float(self.fault.partition(":")[2]))
-        kind, _, path = self.fault.partition(":")
-        if kind == "kill-once" and not os.path.exists(path):
-            open(path, "w").close()
-            os._exit(1)
-
-
 class ScoreWriter:
     """The Ray Data actor: a Scorer plus the id maps; writes each batch as Parquet parts, returns counts.
 
-    Histories arrive in the data's item ids and are translated to the checkpoint's; a user left
-    with no item the model knows gets no row (counted as `skipped`)."""
+    Histories arrive in the data's item ids and are translated to the checkpoint's. A user left
+    with no item the model knows is not scored here: the batch's row names them (`fallback`),
+    with the batch's item counts, and the driver writes their popularity lists at the end."""
 
     def __init__(self, checkpoint: str, data: str, run_url: str, layout: str, scorer_kwargs: dict[str, Any]):
         from batchrec import checkpoint as ckpt
@@ -279,7 +119,14 @@ class ScoreWriter:
             return self._score(batch)
         except Exception as e:
             _log.exception("scoring a batch failed")
-            return {**self._counts(0, 0, 0), "error": np.array([f"{type(e).__name__}: {e}"], dtype=object)}
+            empty = _cell(np.zeros(0, np.int64))
+            return {
+                **self._counts(0, 0, 0),
+                "fallback": empty,
+                "seen_items": empty,
+                "seen_counts": empty,
+                "error": np.array([f"{type(e).__name__}: {e}"], dtype=object),
+            }
 
     def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         histories = [np.asarray(h, dtype=np.int64) for h in batch["items"]]
@@ -294,7 +141,14 @@ class ScoreWriter:
             scored = self.scorer({"user_idx": users, "items": kept})
             n = export.write_part(self.run_url, scored, self.user_map, self.vocab.items, self.layout)
         dropped = n_events - sum(len(h) for h in histories)
-        return {**self._counts(n, int((~keep).sum()), dropped), "error": np.array([""], dtype=object)}
+        seen, times = np.unique(np.concatenate(kept), return_counts=True) if kept else (np.zeros(0, int),) * 2
+        return {
+            **self._counts(n, int((~keep).sum()), dropped),
+            "fallback": _cell(np.asarray(batch["user_idx"], dtype=np.int64)[~keep]),
+            "seen_items": _cell(seen.astype(np.int64)),
+            "seen_counts": _cell(times.astype(np.int64)),
+            "error": np.array([""], dtype=object),
+        }
 
     def _counts(self, users: int, skipped: int, dropped_items: int) -> dict[str, np.ndarray]:
         """One row per batch: counts, and where it ran (the manifest says which nodes scored)."""
@@ -308,6 +162,13 @@ class ScoreWriter:
             "node": np.array([where.get_node_id()], dtype=object),
             "actor": np.array([where.get_actor_id()], dtype=object),
         }
+
+
+def _cell(values: np.ndarray) -> np.ndarray:
+    """One batch-row cell holding an array (a Ray Data object column)."""
+    cell = np.empty(1, dtype=object)
+    cell[0] = values
+    return cell
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +292,17 @@ def run(cfg: ScoreConfig) -> str:
         t0 = time.monotonic()
         n_events = int(prepared.metadata["stats"].get("interactions") or 50 * n_users)
         counts = _score_users(cfg, inputs, stage, policy, n_users, n_events, owned)
+        popular = np.argsort(
+            -np.pad(counts["popularity"], (0, n_items + 1 - len(counts["popularity"]))), kind="stable"
+        )
+        export.write_fallback_part(
+            stage,
+            counts["fallback"],
+            popular[popular > 0][: cfg.k],
+            prepared.user_map,
+            vocab.items,
+            cfg.topk_layout,
+        )
         timings["score_users"] = time.monotonic() - t0
 
         rows = {
@@ -441,21 +313,23 @@ def run(cfg: ScoreConfig) -> str:
             schema.TOPK: export.count_rows(storage.join(stage, schema.TOPK)),
         }
         # The part files are the truth: named per batch, a retried batch cannot add rows twice;
-        # every user is either written or counted as having no known item, never both or neither.
+        # every user has a list: the model's, or (no item the model knows) the fallback, never both.
         written, expected = rows[schema.USER_EMBEDDINGS], n_users - counts["skipped"]
         if (
             counts["users"] + counts["skipped"] != n_users
+            or len(counts["fallback"]) != counts["skipped"]
             or written != expected
-            or (cfg.topk_layout == "lists" and rows[schema.TOPK] != expected)
+            or (cfg.topk_layout == "lists" and rows[schema.TOPK] != n_users)
         ):
             raise RuntimeError(
                 f"incomplete scoring: {written} user rows and {rows[schema.TOPK]} top-k rows written, "
-                f"{counts['users']} scored and {counts['skipped']} skipped as reported by the workers, "
-                f"{n_users} users in the data — nothing published"
+                f"{counts['users']} scored and {counts['skipped']} given the fallback as reported by the "
+                f"workers, {n_users} users in the data — nothing published"
             )
         if counts["skipped"] or counts["dropped_items"]:
             _log.info(
-                "%s users have no item the model knows and get no list; %s history events of unknown items dropped",
+                "%s users have no item the model knows: they get the fallback list (the date's most popular "
+                "items, source=fallback); %s history events of unknown items dropped",
                 f"{counts['skipped']:,}", f"{counts['dropped_items']:,}",
             )  # fmt: skip
         timings["total"] = time.monotonic() - t_start
@@ -598,11 +472,14 @@ def _execute(
         f"{cfg.stall_timeout_s:g} s" if cfg.stall_timeout_s else "auto",
     )  # fmt: skip
     counts = {"users": 0, "skipped": 0, "dropped_items": 0}
+    fallback: list[np.ndarray] = []
+    popularity = np.zeros(0, dtype=np.int64)  # times each model item occurs in the scored histories
     nodes: set[str] = set()
     actors: set[str] = set()
     failure: list[BaseException] = []
 
     def consume() -> None:
+        nonlocal popularity
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 errors = [e for e in batch["error"] if e]
@@ -612,6 +489,11 @@ def _execute(
                     return
                 for key in counts:
                     counts[key] += int(batch[key].sum())
+                fallback.extend(batch["fallback"])
+                for items, times in zip(batch["seen_items"], batch["seen_counts"], strict=True):
+                    if len(items):
+                        popularity = np.pad(popularity, (0, max(0, int(items.max()) + 1 - len(popularity))))
+                        np.add.at(popularity, items, times)
                 nodes.update(batch["node"].tolist())
                 actors.update(batch["actor"].tolist())
                 watchdog.batch_done()
@@ -638,4 +520,5 @@ def _execute(
         if failure:
             raise failure[0]
     _log.info("scored on %d node(s) by %d scorer actor(s)", len(nodes), len(actors))
-    return {**counts, "nodes": len(nodes), "actors": len(actors)}
+    users = np.concatenate(fallback) if fallback else np.zeros(0, np.int64)
+    return {**counts, "nodes": len(nodes), "actors": len(actors), "fallback": users, "popularity": popularity}

@@ -16,7 +16,7 @@ import numpy as np
 
 from batchrec import checkpoint, evaluate, ranking
 from batchrec.dataset import PreparedDataset
-from batchrec.score import Scorer
+from batchrec.scorer import Scorer
 
 
 def main() -> None:

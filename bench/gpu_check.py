@@ -83,7 +83,7 @@ def scorer_check(device, tiny: bool, compile_floor: bool) -> dict:
     import tempfile
 
     from batchrec import checkpoint
-    from batchrec.score import Scorer
+    from batchrec.scorer import Scorer
 
     n_users, n_items, hist, k, chunk = (
         (4096, 2000, 50, 10, 1024) if tiny else (1_000_000, 100_000, 200, 100, 65536)

@@ -26,6 +26,7 @@ STAGES = {
     "batchrec.evaluate",
     "batchrec.score",
     "batchrec.index",
+    "batchrec.recommend",
 }
 TOP = {"cli", "batchrec.pipeline", "batchrec.__main__"}
 HEAVY = ("torch", "faiss", "ray")

@@ -22,7 +22,8 @@ from batchrec.dataset import PreparedDataset
 from batchrec.errors import RetryableError, UserError
 from batchrec.ids import IdMap
 from batchrec.models.base import SeqRecModel
-from batchrec.score import Pool, ScoreConfig, Scorer, pool_size, run
+from batchrec.score import Pool, ScoreConfig, pool_size, run
+from batchrec.scorer import Scorer
 
 # ---------------------------------------------------------------------------------------------
 # A tiny test model following the shared interface (mean of item vectors → linear).
@@ -147,8 +148,8 @@ def test_export_tables_map_to_external_ids_in_both_layouts():
     lists = export.topk_table(np.array([1, 0]), topk_items, topk_scores, users, items)
     assert lists.schema == schema.topk_schema(pa.string(), pa.int64())
     assert lists.to_pylist() == [
-        {"user_id": "bob", "item_ids": [30, 10], "scores": pytest.approx([0.9, 0.5])},
-        {"user_id": "ann", "item_ids": [20], "scores": pytest.approx([0.7])},
+        {"user_id": "bob", "item_ids": [30, 10], "scores": pytest.approx([0.9, 0.5]), "source": "model"},
+        {"user_id": "ann", "item_ids": [20], "scores": pytest.approx([0.7]), "source": "model"},
     ]
     exploded = export.topk_table(np.array([1, 0]), topk_items, topk_scores, users, items, "exploded")
     assert exploded.schema == schema.topk_exploded_schema(pa.string(), pa.int64())
@@ -159,6 +160,27 @@ def test_export_tables_map_to_external_ids_in_both_layouts():
     ]
     emb = export.user_embeddings_table(np.array([0]), np.ones((1, 3)), users)
     assert emb.schema == schema.user_embeddings_schema(pa.string(), 3)
+
+
+@pytest.mark.parametrize("layout", ["lists", "exploded"])
+def test_fallback_lists_are_the_popular_items_marked_and_unscored(tmp_path, layout):
+    users = IdMap(pa.array(["ann", "bob", "cy"]), offset=0)
+    items = IdMap(pa.array([10, 20, 30], pa.int64()), offset=1)
+    assert export.write_fallback_part(str(tmp_path), np.array([2, 0]), np.array([3, 1]), users, items, layout) == 2
+    (part,) = (tmp_path / schema.TOPK).iterdir()
+    rows = pq.read_table(part).to_pylist()
+    if layout == "lists":
+        assert rows == [
+            {"user_id": "ann", "item_ids": [30, 10], "scores": [None, None], "source": "fallback"},
+            {"user_id": "cy", "item_ids": [30, 10], "scores": [None, None], "source": "fallback"},
+        ]
+    else:
+        assert [(r["user_id"], r["rank"], r["item_id"], r["score"], r["source"]) for r in rows] == [
+            ("ann", 0, 30, None, "fallback"),
+            ("ann", 1, 10, None, "fallback"),
+            ("cy", 0, 30, None, "fallback"),
+            ("cy", 1, 10, None, "fallback"),
+        ]
 
 
 def test_manifest_requires_every_key():
@@ -349,7 +371,7 @@ def test_tables_read_as_date_partitioned_tables_by_pyarrow_and_duckdb(ray_cluste
         run(ScoreConfig(model="tinyseq", checkpoint=ckpt, data=data, out=out, date=date, k=k))
     # pyarrow's Hive partition discovery: one table per directory, with its `dt` column
     topk = pads.dataset(f"{out}/topk", format="parquet", partitioning="hive").to_table()
-    assert topk.column_names == ["user_id", "item_ids", "scores", "dt"]
+    assert topk.column_names == ["user_id", "item_ids", "scores", "source", "dt"]
     counts = topk.group_by("dt").aggregate([("user_id", "count")]).sort_by("dt").to_pylist()
     assert counts == [{"dt": "2026-11-22", "user_id_count": 20}, {"dt": "2026-11-23", "user_id_count": 20}]
     users = pads.dataset(f"{out}/user_embeddings", format="parquet", partitioning="hive").to_table()
@@ -554,7 +576,18 @@ def test_a_model_trained_on_30_percent_of_users_scores_every_user(ray_cluster, t
     history = {
         f"u{r['user_idx']}": [row_of[ids[i - 1]] for i in r["items"] if ids[i - 1] in row_of] for r in seqs
     }
-    rows = got["topk"].to_pylist()
+    every = got["topk"].to_pylist()
+    # every user has a list: the model's, or the fallback for those with no item the model knows
+    fallback = [r for r in every if r["source"] == "fallback"]
+    assert sorted(r["user_id"] for r in fallback) == sorted(f"u{u}" for u in dropped_users)
+    # the fallback: the most popular known items of the scored histories, k of them, no score
+    counts: dict[int, int] = {}
+    for h in history.values():
+        for i in h:
+            counts[i] = counts.get(i, 0) + 1
+    popular = sorted(counts, key=lambda i: (-counts[i], i))[:6]
+    assert all([row_of[i] for i in r["item_ids"]] == popular and r["scores"] == [None] * 6 for r in fallback)
+    rows = [r for r in every if r["source"] == "model"]
     assert sorted(r["user_id"] for r in rows) == sorted(user_ids)
     vecs = np.stack([user_vec[r["user_id"]] for r in rows])
     histories = [history[r["user_id"]] for r in rows]
