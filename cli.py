@@ -11,6 +11,7 @@ the subcommand: `batchrec score … --log-format json` is `batchrec --log-format
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 
 import typer
@@ -22,6 +23,7 @@ from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, Use
 # Global options and whether each takes a value; they are moved before the subcommand.
 GLOBAL = {
     "--log-format": True,
+    "--mlflow": True,
     "--quiet": False,
     "-q": False,
     "--verbose": False,
@@ -110,6 +112,9 @@ def _main(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug lines too (Ray's own among them)."),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow", envvar="MLFLOW_TRACKING_URI", help="Log runs to this MLflow tracking URI."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -120,6 +125,8 @@ def _main(
 
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose exclude each other")
+    if mlflow:  # read by batchrec.tracking, and by MLflow itself
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     log.configure(json_format=log_format is LogFormat.json, level=level)
 

@@ -166,7 +166,10 @@ def test_export_tables_map_to_external_ids_in_both_layouts():
 def test_fallback_lists_are_the_popular_items_marked_and_unscored(tmp_path, layout):
     users = IdMap(pa.array(["ann", "bob", "cy"]), offset=0)
     items = IdMap(pa.array([10, 20, 30], pa.int64()), offset=1)
-    assert export.write_fallback_part(str(tmp_path), np.array([2, 0]), np.array([3, 1]), users, items, layout) == 2
+    assert (
+        export.write_fallback_part(str(tmp_path), np.array([2, 0]), np.array([3, 1]), users, items, layout)
+        == 2
+    )
     (part,) = (tmp_path / schema.TOPK).iterdir()
     rows = pq.read_table(part).to_pylist()
     if layout == "lists":

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from batchrec import evaluate as stage
-from batchrec import flags
+from batchrec import flags, tracking
 from batchrec.evaluate import EvaluateConfig
 
 
 def _run(cfg: EvaluateConfig, as_json: bool) -> None:
-    report = stage.run(cfg)
+    report = tracking.evaluate(stage.run(cfg))
     typer.echo(json.dumps(report, indent=2) if as_json else stage.format_table(report))
 
 

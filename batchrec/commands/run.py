@@ -28,7 +28,7 @@ def run(
     Exit codes: 0 done (or nothing left to do); 2 bad job file or input (do not retry);
     3 the quality gate refused to publish; anything else is transient (retry).
     """
-    from batchrec import pipeline
+    from batchrec import pipeline, storage, tracking
 
     job = pipeline.load(job_file, set_, date)
     try:
@@ -37,4 +37,6 @@ def run(
         typer.echo(e.report.summary())
         typer.echo(f"error: quality gate: {e} — nothing was scored or published", err=True)
         raise typer.Exit(pipeline.EXIT_GATE) from e
+    finally:  # logged whatever the outcome, from the run manifest
+        tracking.job(storage.join(pipeline.paths_of(job).run, pipeline.RUN_MANIFEST))
     typer.echo(report.summary())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from batchrec import flags
+from batchrec import flags, tracking
 from batchrec import train as stage
 from batchrec.train import TrainConfig
 
 train = flags.command(
     TrainConfig,
-    lambda cfg: stage.run(cfg),
+    lambda cfg: tracking.train(stage.run(cfg)),
     doc="Train a model; prints the checkpoint URL.",
     hidden=("fault",),
 )
