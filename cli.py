@@ -17,7 +17,7 @@ from enum import Enum
 import typer
 from typer.core import TyperGroup
 
-from batchrec.commands import data, evaluate, index, rayjob, recommend, run, score, train
+from batchrec.commands import data, evaluate, index, rayjob, recommend, report, run, score, train
 from batchrec.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, RetryableError, UserError
 
 # Global options and whether each takes a value; they are moved before the subcommand.
@@ -79,6 +79,9 @@ app.command("evaluate", help="Full-ranking evaluation of a checkpoint: HR@k, NDC
     evaluate.evaluate
 )
 app.command("score", help="Score every user with Ray Data: embeddings and top-k Parquet.")(score.score)
+app.command("report", help="A run's HTML report: curves, metrics at k=1..50, lists, stability.")(
+    report.report
+)
 app.command("recommend", help="One user's history and top-k at the terminal, with titles.")(
     recommend.recommend
 )

@@ -104,22 +104,29 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, problems: list[str])
         problems.extend(
             f"{prefix}{k}: unknown key (valid keys: {', '.join(sorted(fields))})" for k in unknown
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k, mine) for k, v in data.items() if k in fields}
-    for name, f in fields.items():
-        if (
-            name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ):
-            mine.append(f"{prefix}{name}: required key is missing")
+    # A key whose value is refused is left at its default, so the section is still built and
+    # its own checks report their problems beside the refusal (unless a required key is lacking).
+    kwargs = {}
+    for k, v in data.items():
+        if k in fields:
+            before = len(mine)
+            value = _coerce(v, hints[k], prefix + k, mine)
+            if len(mine) == before:
+                kwargs[k] = value
+    lacking = [name for name, f in fields.items() if name not in kwargs and _required(f)]
+    mine += [f"{prefix}{name}: required key is missing" for name in lacking if name not in data]
     problems.extend(mine)
-    if mine:
+    if lacking:
         return None  # type: ignore[return-value]
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate:
         problems.extend(f"{prefix}{e}" for e in validate())
     return obj
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config") -> T:

@@ -23,6 +23,7 @@ from batchrec.ranking import (
     seen_policy,
 )
 
+CURVE_K = 50  # the evaluation report also holds HR@k and NDCG@k for every k up to this
 _log = log.get("evaluate")
 
 PROTOCOL = (
@@ -40,7 +41,7 @@ class EvaluateConfig:
     checkpoint: str | None = None  # default: the workspace's latest checkpoint of `model`
     data: str | None = None  # default: the checkpoint's own data if still there, else the workspace's latest
     model: str = "sasrec"  # whose latest checkpoint is the default
-    split: Literal["test", "valid"] = "test"
+    split: Literal["test", "valid"] = "test"  # the targets evaluated on
     ks: list[int] = field(default_factory=lambda: [10, 20])  # cutoffs (repeat the flag for several)
     batch_size: int = 256  # users per scoring batch
     device: Device = "auto"  # auto: CUDA when visible
@@ -89,9 +90,15 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         "evaluating %s on %s (%s, %d users, exclude_seen=%s)", ckpt, data_url, cfg.split, len(split), policy
     )
     opts = dict(policy=policy, batch_size=cfg.batch_size, device=device)
-    metrics = evaluate_model(model, split, ks, progress=True, **opts)
+    # every k up to CURVE_K as well, from the same ranks: the report's HR@k / NDCG@k curves
+    every = sorted(set(ks) | set(range(1, CURVE_K + 1)))
+    metrics = evaluate_model(model, split, every, progress=True, **opts)
     pop = build("pop", split.n_items).fit(train_items).to(device)
-    baseline = evaluate_model(pop, split, ks, **opts)
+    baseline = evaluate_model(pop, split, every, **opts)
+    curves = {"k": list(range(1, CURVE_K + 1))}
+    for name, m in (("model", metrics), ("pop", baseline)):
+        curves[name] = {f: [m[f"{f}@{k}"] for k in curves["k"]] for f in ("HR", "NDCG")}
+    metrics, baseline = _at(metrics, ks), _at(baseline, ks)
     return {
         "model": meta["model"],
         "checkpoint": ckpt,
@@ -101,10 +108,16 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         "exclude_seen": policy,
         "metrics": metrics,
         "baseline": {"model": "pop", "metrics": baseline},
+        "curves": curves,
         "protocol": PROTOCOL.format(
             n=ds.n_items, split=cfg.split, policy=describe_seen_policy(policy), ties=TIE_RULE
         ),
     }
+
+
+def _at(metrics: dict[str, float], ks: list[int]) -> dict[str, float]:
+    """The metrics at the asked cutoffs only (MRR has none)."""
+    return {name: v for name, v in metrics.items() if "@" not in name or int(name.split("@")[1]) in ks}
 
 
 def format_table(report: dict[str, Any]) -> str:

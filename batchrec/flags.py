@@ -56,10 +56,18 @@ def _flag_type(tp: Any) -> Any | None:
         inner = _flag_type(args[0]) if len(args) == 1 else str
         return None if inner is None else inner | None
     if origin is typing.Literal:
-        return tp  # typer lists the choices in --help and refuses others
+        return str  # its choices are the metavar; a value outside them is reported with the others
     if origin is dict:
         return None
     return tp
+
+
+def _choices(tp: Any) -> tuple[str, ...] | None:
+    """A Literal field's values (optional or not), shown in --help; config.from_dict checks them."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _choices(args[0]) if len(args) == 1 else None
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -90,8 +98,13 @@ def params(
             flag = names.get(f.name, "--" + f.name.replace("_", "-"))
             if tp is bool:
                 flag = f"{flag}/--no-{flag[2:]}"
+            choices = _choices(hints[f.name])
             info = typer.Option(
-                flag, help=helps.get(f.name, ""), envvar=envvars.get(f.name), hidden=f.name in hidden
+                flag,
+                help=helps.get(f.name, ""),
+                envvar=envvars.get(f.name),
+                hidden=f.name in hidden,
+                metavar=f"<{'|'.join(choices)}>" if choices else None,
             )
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         out.append(inspect.Parameter(f.name, kind, default=_default(f), annotation=Annotated[tp, info]))

@@ -16,6 +16,7 @@ into the stage sections unless the job sets them, so a rerun finds what an earli
     {workspace}/outputs/{model}/_runs/dt={date}/     with the date's run record (complete at _SUCCESS)
     {workspace}/outputs/{model}/index/dt={date}/     index: FAISS over that date's item embeddings
     R/run.json                                run manifest: per-stage status, time, URL, figures
+    R/report.html                             the run's HTML report (`batchrec report`), after every run
 Every stage output is published all-or-nothing with `_SUCCESS`; a stage whose `_SUCCESS`
 exists is skipped and says so, so a rerun after a crash resumes at the stage that failed and a
 second run of a finished date does nothing.

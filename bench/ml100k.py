@@ -14,6 +14,6 @@ def prepare_ml100k(u_data: Path | str, out: str) -> str:
     from batchrec.data.prepare import PrepareConfig, run
 
     cfg = PrepareConfig(
-        input=str(u_data), out=out, split="loo", min_user_count=0, min_item_count=0, overwrite=True
+        input=str(u_data), out=out, split="loo", min_user_count=0, min_item_count=0, force=True
     )
     return run(cfg)

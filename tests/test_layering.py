@@ -27,6 +27,7 @@ STAGES = {
     "batchrec.score",
     "batchrec.index",
     "batchrec.recommend",
+    "batchrec.report",
 }
 TOP = {"cli", "batchrec.pipeline", "batchrec.__main__"}
 HEAVY = ("torch", "faiss", "ray")

@@ -37,6 +37,21 @@ def run(
         typer.echo(e.report.summary())
         typer.echo(f"error: quality gate: {e} — nothing was scored or published", err=True)
         raise typer.Exit(pipeline.EXIT_GATE) from e
-    finally:  # logged whatever the outcome, from the run manifest
-        tracking.job(storage.join(pipeline.paths_of(job).run, pipeline.RUN_MANIFEST))
+    finally:  # whatever the outcome: tracked, and the report beside the run manifest
+        run_dir = pipeline.paths_of(job).run
+        tracking.job(storage.join(run_dir, pipeline.RUN_MANIFEST))
+        _report(run_dir)
     typer.echo(report.summary())
+
+
+def _report(run_dir: str) -> None:
+    """The run's HTML report; a report that cannot be drawn never fails the run."""
+    from batchrec import distributed, log
+    from batchrec import report as report_stage
+
+    if not distributed.is_main():
+        return
+    try:
+        report_stage.run(report_stage.ReportConfig(run=run_dir))
+    except Exception as e:
+        log.get("report").warning("the run's report could not be written: %s", e)
