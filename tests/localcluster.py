@@ -110,11 +110,15 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         """Nodes the cluster's GCS counts as alive, asked by a short-lived driver."""
-        code = "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"
+        code = "import ray; ray.init(); print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))"
         res = subprocess.run(
             [sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=60
         )
-        return int(res.stdout.strip().splitlines()[-1])
+        # Ray prints its own lines to stdout too (e.g. "raylet has lagging heartbeats"): find ours
+        (line,) = [x for x in res.stdout.splitlines() if x.startswith("alive nodes: ")] or [None]
+        if line is None:
+            raise RuntimeError(f"no node count from the cluster: {res.stdout[-500:]} {res.stderr[-1000:]}")
+        return int(line.removeprefix("alive nodes: "))
 
     def wait_alive(self, n: int, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
