@@ -50,7 +50,7 @@ def main() -> None:
             ["batchrec", "data", "synth", "--out", raw, "--users", str(args.users), "--items", str(args.items),
              "--avg-len", str(args.avg_len)]
         )  # fmt: skip
-        prep = measure(["batchrec", "data", "prepare", raw, "--out", prepared, "--overwrite"])
+        prep = measure(["batchrec", "data", "prepare", raw, "--out", prepared, "--force"])
         stats = json.loads(
             subprocess.run(
                 ["batchrec", "data", "stats", prepared, "--json"], check=True, capture_output=True, text=True
