@@ -111,6 +111,9 @@ def params(
     return sorted(out, key=lambda p: p.default is not inspect.Parameter.empty)
 
 
+# `--json`, the same flag in every command that can print its result as JSON.
+AS_JSON = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+
 _CONFIG = Annotated[str | None, typer.Option("--config", help="YAML file of the same keys as the flags.")]
 _SET = Annotated[
     list[str] | None,

@@ -216,7 +216,12 @@ def setup(cfg: TrainConfig, group: distributed.Group, shard=None, valid: SplitDa
     else:
         import pyarrow as pa
 
-        _, offsets, items, train_len = flatten(pa.concat_tables(shard.iter_batches(batch_format="pyarrow")))
+        from batchrec import schema
+
+        # a worker Ray Data gave no block to has no rows, not an Arrow error: the checks below say so
+        mine = list(shard.iter_batches(batch_format="pyarrow"))
+        table = pa.concat_tables(mine) if mine else schema.SEQUENCES_SCHEMA.empty_table()
+        _, offsets, items, train_len = flatten(table)
     s.windows, s.window_users = batching.windows(items, offsets[:-1], train_len, width, overlap)
     counts = torch.from_numpy(np.bincount(s.windows.ravel(), minlength=ds.n_items + 1)[: ds.n_items + 1])
     if shard is not None:

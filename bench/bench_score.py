@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+import proctree
 import pyarrow as pa
 
 from batchrec import checkpoint, schema
@@ -64,19 +65,8 @@ def make_checkpoint(url: str, data_url: str, dim: int) -> str:
 
 def _tree_memory(root: int) -> tuple[int, int]:
     """(RSS, PSS) in bytes summed over `root` and every descendant process."""
-    children: dict[int, list[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(pid))
-        except (OSError, IndexError, ValueError):
-            continue
     rss = pss = 0
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+    for pid in proctree.tree(root):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:

@@ -20,17 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            out.setdefault(ppid, []).append(int(pid))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+import proctree
 
 
 def _status(pid: int, key: str) -> int:
@@ -60,10 +50,8 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
     workers: dict[int, int] = {}
     tree_peak = driver = 0
     while proc.poll() is None:
-        children, tree, stack = _children(), 0, [proc.pid]
-        while stack:
-            pid = stack.pop()
-            stack.extend(children.get(pid, []))
+        tree = 0
+        for pid in proctree.tree(proc.pid):
             tree += _status(pid, "VmRSS")
             if "RayTrainWorker" in _cmdline(pid):
                 workers[pid] = max(workers.get(pid, 0), _status(pid, "VmHWM"))

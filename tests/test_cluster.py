@@ -173,6 +173,7 @@ def test_losing_a_node_mid_run_completes_or_publishes_nothing(two_nodes, inputs,
     assert_complete(out, data)
 
 
+@pytest.mark.timeout(600)  # two `batchrec` processes of at most 280 s each
 def test_a_job_trains_on_ray_train_workers_of_the_cluster(two_nodes, tmp_path):
     two, one = check_ray_trained_job(tmp_path, two_nodes.env())
     print(f"\nvalid NDCG@10: 2 Ray Train workers on the two-node cluster {two:.4f}, one process {one:.4f}")

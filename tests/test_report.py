@@ -37,6 +37,7 @@ def test_charts_are_inline_svg_with_every_point_and_the_mark():
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a job, a scoring run and the report, each bounded below
 def test_the_run_writes_a_self_contained_report_with_every_section(tmp_path):
     ws = tmp_path / "ws"
     job = tmp_path / "job.yaml"

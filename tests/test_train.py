@@ -101,3 +101,18 @@ def test_bad_input_is_one_clear_error(tiny_prepared, tmp_path):
     assert r.exit_code == 2 and "epoch:" in r.stderr and "lr_decay:" in r.stderr
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no prepared dataset" in r.stderr
+
+
+def test_a_worker_shard_without_users_is_a_clear_error_not_an_arrow_one(tiny_prepared, tmp_path):
+    # Ray Data may hand a Ray Train worker no block at all; it must say so, not fail in Arrow.
+    from batchrec import distributed
+    from batchrec.errors import UserError
+    from batchrec.train import setup
+
+    class NoBlocks:
+        def iter_batches(self, batch_format):
+            return iter([])
+
+    cfg = TrainConfig(data=tiny_prepared, out=str(tmp_path / "c"), device="cpu")
+    with pytest.raises(UserError, match="no user has a training history"):
+        setup(cfg, distributed.Group(), shard=NoBlocks())

@@ -43,7 +43,7 @@ app.command("prepare")(
 @app.command()
 def stats(
     url: Annotated[str, typer.Argument(help="A prepared dataset or a raw interaction log (any format).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: flags.AS_JSON = False,
     format: Format = "auto",
     user_col: UserCol = None,
     item_col: ItemCol = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import typer
 
@@ -21,10 +20,5 @@ evaluate = flags.command(
     EvaluateConfig,
     _run,
     doc="Full-ranking HR@k, NDCG@k, MRR, Coverage@k of a checkpoint, with the popularity baseline beside it.",
-    extras={
-        "as_json": (
-            Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")],
-            False,
-        )
-    },
+    extras={"as_json": (flags.AS_JSON, False)},
 )

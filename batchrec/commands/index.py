@@ -17,7 +17,6 @@ IndexUrl = Annotated[
     str, typer.Option("--index", help="A published index directory (e.g. {out}/index/dt=DATE).")
 ]
 K = Annotated[int, typer.Option("--k", min=1, help="How many results.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Embeddings = Annotated[
     str | None,
     typer.Option("--embeddings", help="item_embeddings/ table (default: the one the index was built from)."),
@@ -46,7 +45,7 @@ def query(
     ] = None,
     embeddings: Embeddings = None,
     k: K = 10,
-    as_json: AsJson = False,
+    as_json: flags.AS_JSON = False,
 ) -> None:
     """Similar items for --item, or recommendations for --user, with external ids and scores."""
     from batchrec.errors import UserError
@@ -77,7 +76,7 @@ def eval_(
     embeddings: Embeddings = None,
     k: K = 10,
     sample: Annotated[int, typer.Option(min=1, help="How many user queries to sample.")] = 10_000,
-    as_json: AsJson = False,
+    as_json: flags.AS_JSON = False,
 ) -> None:
     """recall@k against exact search, and queries per second of the index and of exact search."""
     from batchrec.index import Index, evaluate

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import typer
 
@@ -21,10 +20,5 @@ recommend = flags.command(
     RecommendConfig,
     _run,
     doc="One user's recent history and top-k (from a published run, or a checkpoint and a history), with titles.",
-    extras={
-        "as_json": (
-            Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")],
-            False,
-        )
-    },
+    extras={"as_json": (flags.AS_JSON, False)},
 )
