@@ -101,10 +101,17 @@ def run(cfg: RayJobConfig) -> str:
 
 def rayjob_manifest(cfg: RayJobConfig) -> dict[str, Any]:
     """The template, made this date's: name, labels, images, run id and date, owner."""
-    with open(cfg.template) as f:
-        m = yaml.safe_load(f)
-    if not isinstance(m, dict) or m.get("kind") != "RayJob":
-        raise UserError("the template is not a RayJob manifest", where=cfg.template)
+    try:
+        with open(cfg.template) as f:
+            m = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read the RayJob template: {e}", where=cfg.template) from e
+    if not isinstance(m, dict) or m.get("kind") != "RayJob" or not (m.get("metadata") or {}).get("name"):
+        raise UserError(
+            "the template is not a RayJob manifest with a metadata.name",
+            where=cfg.template,
+            fix="pass k8s/workloads/rayjob-nightly.yaml or a RayJob like it",
+        )
     date = cfg.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     meta = m["metadata"]
     name = f"{meta['name']}-{date}"

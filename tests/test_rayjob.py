@@ -164,3 +164,21 @@ def test_a_rayjob_past_the_deadline_is_deleted_and_the_run_exits_75(tmp_path):
     assert ["--namespace", "batchrec", "delete", "rayjob", NAME, "--ignore-not-found", "--wait=true"] in calls
     assert not (tmp_path / "rayjobs" / f"{NAME}.json").exists()
     assert "did not finish within" in res.stderr
+
+
+def test_a_missing_or_wrong_template_is_one_error_line_and_nothing_is_created(tmp_path):
+    (tmp_path / "pod.yaml").write_text("kind: Pod\nmetadata: {name: x}\n")
+    for template in (tmp_path / "absent.yaml", tmp_path / "pod.yaml"):
+        state = tmp_path / template.stem
+        state.mkdir()
+        res = subprocess.run(
+            [sys.executable, "-m", "batchrec", "rayjob", "--template", str(template), "--kubectl", str(FAKE)],
+            env={**os.environ, "FAKE_KUBE_DIR": str(state)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2, res.stderr
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith("error: ") and str(template) in line
+        assert not (state / "calls.jsonl").exists()  # the API server was never asked
