@@ -6,6 +6,7 @@ Every stage after ingest reads its data through `PreparedDataset`; ingest writes
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -34,9 +35,10 @@ class PreparedDataset:
             )
         meta = storage.read_json(meta_url)
         version = meta.get("format_version")
-        if version != schema.PREPARED_FORMAT_VERSION:
+        if version not in schema.PREPARED_FORMAT_VERSIONS:
             raise UserError(
-                f"prepared dataset has format version {version}, this batchrec reads {schema.PREPARED_FORMAT_VERSION}",
+                f"prepared dataset has format version {version}, this batchrec reads "
+                f"{', '.join(map(str, schema.PREPARED_FORMAT_VERSIONS))}",
                 where=url,
                 fix="prepare the data again with this batchrec version",
             )
@@ -69,18 +71,28 @@ class PreparedDataset:
         t = storage.read_parquet(storage.join(self.url, schema.ITEM_MAP))
         return IdMap(t.column("item_id").combine_chunks(), offset=1)
 
+    def part_urls(self, table: str) -> list[str]:
+        """The Parquet files of `table` (`sequences`, `targets` or `user_map`), in user order.
+
+        A sharded dataset lists its parts in metadata.json; one written before sharding (format
+        version 1) has a single file per table."""
+        parts = self.metadata.get("parts")
+        if parts is None:
+            return [storage.join(self.url, schema.SINGLE_FILES[table])]
+        return [storage.join(self.url, rel) for rel in parts[table]]
+
     @cached_property
     def user_map(self) -> IdMap:
-        t = storage.read_parquet(storage.join(self.url, schema.USER_MAP))
+        t = storage.read_parquet(self.part_urls("user_map"))
         return IdMap(t.column("user_id").combine_chunks(), offset=0)
 
     @cached_property
     def sequences(self) -> pa.Table:
-        return storage.read_parquet(storage.join(self.url, schema.SEQUENCES))
+        return storage.read_parquet(self.part_urls("sequences"))
 
     @cached_property
     def targets(self) -> pa.Table:
-        return storage.read_parquet(storage.join(self.url, schema.TARGETS))
+        return storage.read_parquet(self.part_urls("targets"))
 
     def flat_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(user_idx, offsets, items, train_len): user i's history is items[offsets[i]:offsets[i+1]]."""
@@ -128,17 +140,131 @@ def flatten(seqs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     )
 
 
-def fingerprint_tables(*tables: pa.Table) -> str:
-    """A content hash of Arrow tables (IPC bytes of each, chunking normalised)."""
-    import hashlib
-
+def part_digest(table: pa.Table) -> str:
+    """A content hash of one Arrow table (IPC bytes, chunking normalised)."""
     h = hashlib.sha256()
-    for t in tables:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, t.schema) as w:
-            w.write_table(t.combine_chunks())
-        h.update(memoryview(sink.getvalue()))
-    return h.hexdigest()[:16]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table.combine_chunks())
+    h.update(memoryview(sink.getvalue()))
+    return h.hexdigest()
+
+
+def combine_digests(digests: list[str]) -> str:
+    """The dataset fingerprint: a hash of its tables' digests in a fixed order (item map, then
+    each part's user map, sequences and targets), so workers hash their own parts."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+
+
+def item_map_table(item_ids: pa.Array) -> pa.Table:
+    return pa.table(
+        {"item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)), "item_id": item_ids}
+    )
+
+
+def write_part(
+    stage: str, index: int, *, user_ids: pa.Array, first_user: int, sequences: pa.Table, targets: pa.Table
+) -> dict[str, Any]:
+    """Write part `index` (users first_user.. of the dataset) of every per-user table under
+    `stage`; returns its files and digests for `publish_prepared`."""
+    user_table = pa.table(
+        {
+            "user_idx": pa.array(np.arange(first_user, first_user + len(user_ids), dtype=np.int32)),
+            "user_id": user_ids,
+        }
+    )
+    tables = {
+        "user_map": user_table,
+        "sequences": sequences.cast(schema.SEQUENCES_SCHEMA),
+        "targets": targets.cast(schema.TARGETS_SCHEMA),
+    }
+    files = {}
+    for name, table in tables.items():
+        files[name] = f"{name}/part-{index:05d}.parquet"
+        storage.write_parquet(table, storage.join(stage, files[name]), row_group_size=256_000)
+    return {
+        "files": files,
+        "digests": [part_digest(tables[name]) for name in schema.PART_TABLES],
+        "users": len(user_ids),
+    }
+
+
+def existing_fingerprint(url: str) -> str | None:
+    meta_url = storage.join(url, schema.METADATA)
+    return storage.read_json(meta_url).get("fingerprint") if storage.exists(meta_url) else None
+
+
+def check_destination(url: str, overwrite: bool) -> None:
+    """Refuse early a destination holding something other than a prepared dataset (unless
+    `overwrite`); a different dataset there is refused once the new one's fingerprint is known."""
+    if storage.exists(url) and storage.ls(url) and not overwrite and not existing_fingerprint(url):
+        raise UserError(
+            "the destination is not empty",
+            where=url,
+            fix="choose another --out, or pass --force to replace it",
+        )
+
+
+def publish_prepared(
+    url: str,
+    stage: str,
+    *,
+    item_ids: pa.Array,
+    parts: list[dict[str, Any]],
+    source: str,
+    params: dict[str, Any],
+    stats: dict[str, Any],
+    overwrite: bool = False,
+) -> None:
+    """Finish the dataset whose parts are written under `stage` (item map + metadata.json) and
+    publish it at `url` — unless `url` already holds this very dataset, then `stage` is dropped.
+    Refuses to replace a different one unless `overwrite`."""
+    item_table = item_map_table(item_ids)
+    item_digest = part_digest(item_table)
+    fp = combine_digests([item_digest] + [d for part in parts for d in part["digests"]])
+    if storage.exists(url) and storage.ls(url):
+        existing = existing_fingerprint(url)
+        if existing == fp and storage.is_published(url):
+            storage.remove(stage)
+            return
+        if not overwrite:
+            raise UserError(
+                "the destination already holds a different dataset"
+                if existing
+                else "the destination is not empty",
+                where=url,
+                fix="choose another --out, or pass --force to replace it",
+            )
+    storage.write_parquet(item_table, storage.join(stage, schema.ITEM_MAP))
+    storage.write_json(
+        storage.join(stage, schema.METADATA),
+        {
+            "format_version": schema.PREPARED_FORMAT_VERSION,
+            "batchrec_version": __version__,
+            "created_at": schema.created_at(),
+            "source": source,
+            "params": params,
+            "stats": stats,
+            "item_map_fingerprint": IdMap(item_ids, offset=1).fingerprint(),
+            "fingerprint": fp,
+            "parts": {name: [p["files"][name] for p in parts] for name in schema.PART_TABLES},
+        },
+    )
+    storage.publish(stage, url)
+
+
+def part_bounds(lengths: np.ndarray, max_events: int | None = None) -> list[tuple[int, int]]:
+    """User ranges [a, b) of consecutive parts holding at most `max_events` (default
+    `schema.PART_EVENTS`) events each; a user longer than that gets a part of its own."""
+    max_events = max_events or schema.PART_EVENTS
+    ends = np.cumsum(lengths, dtype=np.int64)
+    bounds, start = [], 0
+    while start < len(lengths):
+        base = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, base + max_events, side="right")), start + 1)
+        bounds.append((start, stop))
+        start = stop
+    return bounds or [(0, 0)]
 
 
 def write_prepared(
@@ -153,43 +279,28 @@ def write_prepared(
     stats: dict[str, Any],
     overwrite: bool = False,
 ) -> str:
-    """Publish a prepared dataset at `url`. Refuses to replace a different dataset unless `overwrite`."""
-    sequences = sequences.cast(schema.SEQUENCES_SCHEMA)
-    targets = targets.cast(schema.TARGETS_SCHEMA)
-    item_table = pa.table(
-        {"item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)), "item_id": item_ids}
-    )
-    user_table = pa.table(
-        {"user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32)), "user_id": user_ids}
-    )
-    fp = fingerprint_tables(item_table, user_table, sequences, targets)
-    meta_url = storage.join(url, schema.METADATA)
-    if storage.exists(url) and storage.ls(url):
-        existing = storage.read_json(meta_url).get("fingerprint") if storage.exists(meta_url) else None
-        if existing == fp and storage.is_published(url):
-            return url
-        if not overwrite:
-            raise UserError(
-                "the destination already holds a different dataset"
-                if existing
-                else "the destination is not empty",
-                where=url,
-                fix="choose another --out, or pass --force to replace it",
+    """Publish a prepared dataset held in memory at `url`, cut into parts of at most
+    `schema.PART_EVENTS` events. Refuses to replace a different dataset unless `overwrite`."""
+    check_destination(url, overwrite)
+    lengths = np.diff(sequences.column("items").combine_chunks().offsets.to_numpy())
+    target_user = targets.column("user_idx").to_numpy()
+    order = np.argsort(target_user, kind="stable")
+    with storage.staging(url) as stage:
+        parts = []
+        for index, (a, b) in enumerate(part_bounds(lengths)):
+            lo, hi = np.searchsorted(target_user[order], [a, b])
+            parts.append(
+                write_part(
+                    stage,
+                    index,
+                    user_ids=user_ids.slice(a, b - a),
+                    first_user=a,
+                    sequences=sequences.slice(a, b - a),
+                    targets=targets.take(pa.array(order[lo:hi])),
+                )
             )
-    metadata = {
-        "format_version": schema.PREPARED_FORMAT_VERSION,
-        "batchrec_version": __version__,
-        "created_at": schema.created_at(),
-        "source": source,
-        "params": params,
-        "stats": stats,
-        "item_map_fingerprint": IdMap(item_ids, offset=1).fingerprint(),
-        "fingerprint": fp,
-    }
-    with storage.staged_dir(url) as stage:
-        storage.write_parquet(item_table, storage.join(stage, schema.ITEM_MAP))
-        storage.write_parquet(user_table, storage.join(stage, schema.USER_MAP))
-        storage.write_parquet(sequences, storage.join(stage, schema.SEQUENCES), row_group_size=256_000)
-        storage.write_parquet(targets, storage.join(stage, schema.TARGETS))
-        storage.write_json(storage.join(stage, schema.METADATA), metadata)
+        publish_prepared(
+            url, stage, item_ids=item_ids, parts=parts, source=source, params=params, stats=stats,
+            overwrite=overwrite,
+        )  # fmt: skip
     return url

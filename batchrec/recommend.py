@@ -86,7 +86,7 @@ def from_run(cfg: RecommendConfig) -> dict[str, Any]:
         items, scores = topk.column("item_ids")[0].as_py(), topk.column("scores")[0].as_py()
     ds = PreparedDataset.open(manifest["data"])
     user_idx = int(ds.user_map.to_internal([parse_id(cfg.user, ds.user_map.type, "user")])[0])
-    seq = _rows(storage.join(ds.url, schema.SEQUENCES), "user_idx", str(user_idx), pa.int64())
+    seq = _rows(ds.part_urls("sequences"), "user_idx", str(user_idx), pa.int64())
     history = seq.column("items")[0].as_py() if seq.num_rows else []
     recent = ds.item_map.to_external(np.asarray(history[-cfg.recent :] if cfg.recent else [], dtype=np.int64))
     return {
@@ -147,13 +147,13 @@ def from_checkpoint(cfg: RecommendConfig) -> dict[str, Any]:
     }
 
 
-def _rows(url: str, column: str, value: str, type_: pa.DataType | None = None) -> pa.Table:
-    """The rows of a Parquet table (a file or a partition directory) where `column` equals `value`,
-    read with a filter rather than whole."""
+def _rows(url: str | list[str], column: str, value: str, type_: pa.DataType | None = None) -> pa.Table:
+    """The rows of a Parquet table (a file, a partition directory or a list of parts) where
+    `column` equals `value`, read with a filter rather than whole."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pds
 
-    fs, path = storage.url_to_fs(url)
+    fs, path = storage.url_to_fs(url) if isinstance(url, str) else storage.arrow_fs(url)
     data = pds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
     key = parse_id(value, type_ or data.schema.field(column).type, column)
     return data.to_table(filter=pc.field(column) == key)

@@ -10,16 +10,22 @@ padding). Users get dense internal ids 0..U-1. External ids (int or string, orig
 live only in the id maps and in exported tables.
 
 Prepared dataset (output of `batchrec data prepare`), under DATA/:
-    metadata.json     format version, source, parameters, statistics, fingerprint
+    metadata.json     format version, source, parameters, statistics, fingerprint, and `parts`:
+                      the files of each per-user table below, in user order
     item_map.parquet  item_idx int32 (1..N), item_id <original type>
-    user_map.parquet  user_idx int32 (0..U-1), user_id <original type>
-    sequences.parquet user_idx int32, items list<int32>, timestamps list<int64>, train_len int32
-                      — each user's FULL time-ordered history (what nightly scoring uses);
-                      items[:train_len] is the part training may see.
-    targets.parquet   user_idx int32, split string ('valid'|'test'), position int32, item_idx int32
-                      — an evaluation target is items[position] with history items[:position];
-                      the items seen before it are items[:position] too.
+    user_map/part-NNNNN.parquet   user_idx int32, user_id <original type>
+    sequences/part-NNNNN.parquet  user_idx int32, items list<int32>, timestamps list<int64>,
+                      train_len int32 — each user's FULL time-ordered history (what nightly
+                      scoring uses); items[:train_len] is the part training may see.
+    targets/part-NNNNN.parquet    user_idx int32, split string ('valid'|'test'), position int32,
+                      item_idx int32 — an evaluation target is items[position] with history
+                      items[:position]; the items seen before it are items[:position] too.
     _SUCCESS
+Part i of user_map, sequences and targets covers the same users, a consecutive range of user_idx
+(so a reader takes any subset of parts and has everything about those users); a part holds at
+most PART_EVENTS events with the local engine, one hash partition of users with the Ray engine.
+Format version 1 (before sharding) had one file per table (user_map.parquet, sequences.parquet,
+targets.parquet) and no `parts`; it still opens.
 
 Checkpoint (output of `batchrec train`), under CKPT/:
     checkpoint.json   model name, model config, data reference (URL, fingerprint, item-map
@@ -82,14 +88,19 @@ def check_date(key: str, value: str | None) -> list[str]:
 
 
 SCHEMA_VERSION = 2  # 2: {table}/dt=DATE/ partitions (1: dt=DATE/{table}/)
-PREPARED_FORMAT_VERSION = 1
+PREPARED_FORMAT_VERSION = 2  # 2: per-user tables in parts listed by metadata.json
+PREPARED_FORMAT_VERSIONS = (1, 2)  # what this version reads
 
 # Prepared dataset
 METADATA = "metadata.json"
 ITEM_MAP = "item_map.parquet"
-USER_MAP = "user_map.parquet"
-SEQUENCES = "sequences.parquet"
-TARGETS = "targets.parquet"
+PART_TABLES = ("user_map", "sequences", "targets")  # per-user tables, written in aligned parts
+SINGLE_FILES = {
+    "user_map": "user_map.parquet",
+    "sequences": "sequences.parquet",
+    "targets": "targets.parquet",
+}
+PART_EVENTS = 4_000_000  # the local engine's bound on one part's events (~20-40 MB of Parquet)
 PAD = 0
 SPLITS = ("valid", "test")
 

@@ -5,7 +5,7 @@
 One Ray Data job, the same code on a laptop (`ray.init()` starts a local Ray) and on KubeRay
 (`--ray-address` / `RAY_ADDRESS` joins the cluster):
 
-    read sequences.parquet (user_idx, items)   streamed in blocks, never whole in the driver
+    read sequences parts (user_idx, items)    streamed in blocks, never whole in the driver
       → map_batches(ScoreWriter)                actors: Scorer (encode + chunked exact top-k),
                                                 then export.write_part → user_embeddings/ + topk/
       → the driver iterates per-batch counts     progress (users, users/s, ETA)
@@ -377,7 +377,9 @@ def measure_recall(inputs: _Inputs, k: int, sample: int, vocab, policy: str) -> 
     """Recall@k of the FAISS top-k against the exact one on the first `sample` users."""
     import pyarrow.parquet as pq
 
-    with storage.open_url(storage.join(inputs.data, schema.SEQUENCES)) as f:
+    from batchrec.dataset import PreparedDataset
+
+    with storage.open_url(PreparedDataset.open(inputs.data).part_urls("sequences")[0]) as f:
         first = next(pq.ParquetFile(f).iter_batches(batch_size=sample, columns=["user_idx", "items"]))
     histories = [vocab.translate(np.asarray(h, dtype=np.int64)) for h in first.column(1).to_pylist()]
     histories = [h for h in histories if len(h)]
@@ -445,8 +447,10 @@ def _execute(
 ) -> dict[str, Any]:
     import ray
 
+    from batchrec.dataset import PreparedDataset
+
     pool = pool_size(cfg, available, total)
-    fs, path = storage.arrow_fs(storage.join(inputs.data, schema.SEQUENCES))
+    fs, path = storage.arrow_fs(PreparedDataset.open(inputs.data).part_urls("sequences"))
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["user_idx", "items"])
     scorer_kwargs = {
         "k": cfg.k,

@@ -91,12 +91,15 @@ def absolute(url: str) -> str:
     return os.path.abspath(url) if is_local(url) and "://" not in url else url
 
 
-def arrow_fs(url: str):
-    """(pyarrow filesystem, path) for readers that take one (Ray Data): None for local paths."""
+def arrow_fs(url: str | list[str]):
+    """(pyarrow filesystem, path or paths) for readers that take one (Ray Data): None for local
+    paths. A list of URLs must share one filesystem."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, path = url_to_fs(url)
-    return (None if is_local(url) else PyFileSystem(FSSpecHandler(fs))), path
+    first = url[0] if isinstance(url, list) else url
+    fs, _ = url_to_fs(first)
+    path = [url_to_fs(u)[1] for u in url] if isinstance(url, list) else url_to_fs(url)[1]
+    return (None if is_local(first) else PyFileSystem(FSSpecHandler(fs))), path
 
 
 def join(base: str, *parts: str) -> str:
@@ -178,8 +181,13 @@ def write_json(url: str, obj: Any) -> None:
     write_bytes(url, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file or a directory of Parquet files, as one Arrow table."""
+def read_parquet(url: str | list[str], columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file, a directory of Parquet files or a list of files (on one filesystem), as
+    one Arrow table."""
+    if isinstance(url, list):
+        fs, _ = url_to_fs(url[0])
+        paths = [url_to_fs(u)[1] for u in url]
+        return pq.ParquetDataset(paths, filesystem=fs).read(columns=columns)
     fs, path = url_to_fs(url)
     return pq.read_table(path, columns=columns, filesystem=fs)
 
@@ -265,6 +273,21 @@ def publish(staging: str, final_url: str, *, success_marker: bool = True) -> Non
 
 
 @contextlib.contextmanager
+def staging(final_url: str) -> Iterator[str]:
+    """Yield a fresh staging URL beside `final_url`, removed if the block raises; the block
+    itself publishes it (`publish`) or discards it (`remove`)."""
+    stage = staging_url(final_url)
+    if is_local(stage):
+        os.makedirs(url_to_fs(stage)[1], exist_ok=True)
+    try:
+        yield stage
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove(stage)
+        raise
+
+
+@contextlib.contextmanager
 def staged_dir(
     final_url: str, *, success_marker: bool = True, publisher: Callable[..., None] | None = None
 ) -> Iterator[str]:
@@ -273,13 +296,6 @@ def staged_dir(
 
     On any exception the staging prefix is removed and `final_url` is left as it was.
     """
-    staging = staging_url(final_url)
-    if is_local(staging):
-        os.makedirs(url_to_fs(staging)[1], exist_ok=True)
-    try:
-        yield staging
-    except BaseException:
-        with contextlib.suppress(Exception):
-            remove(staging)
-        raise
-    (publisher or publish)(staging, final_url, success_marker=success_marker)
+    with staging(final_url) as stage:
+        yield stage
+        (publisher or publish)(stage, final_url, success_marker=success_marker)

@@ -361,7 +361,7 @@ def run_on_ray(cfg: TrainConfig) -> str:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from batchrec import cluster, schema
+    from batchrec import cluster
     from batchrec.dataset import PreparedDataset
 
     ws = storage.absolute(workspace.root(cfg.workspace))
@@ -392,7 +392,7 @@ def run_on_ray(cfg: TrainConfig) -> str:
                 fix="use fewer workers, or set cpus_per_worker",
             )
         ray.data.DataContext.get_current().enable_progress_bars = False
-        fs, path = storage.arrow_fs(storage.join(data_url, schema.SEQUENCES))
+        fs, path = storage.arrow_fs(ds.part_urls("sequences"))
         users = ray.data.read_parquet(path, filesystem=fs).select_columns(["user_idx", "items", "train_len"])
         # blocks of a few thousand users, not one per file: workers take whole blocks
         per_block = max(1, min(8192, -(-ds.n_users // (8 * cfg.workers))))

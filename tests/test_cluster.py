@@ -178,3 +178,34 @@ def test_a_job_trains_on_ray_train_workers_of_the_cluster(two_nodes, tmp_path):
     two, one = check_ray_trained_job(tmp_path, two_nodes.env())
     print(f"\nvalid NDCG@10: 2 Ray Train workers on the two-node cluster {two:.4f}, one process {one:.4f}")
     assert abs(two - one) <= NOISE, (two, one)
+
+
+def test_prepare_on_two_nodes_gives_the_dataset_of_one(two_nodes, tmp_path):
+    raw = str(tmp_path / "raw")
+    synth = [
+        sys.executable,
+        "-m",
+        "batchrec",
+        "data",
+        "synth",
+        "--out",
+        raw,
+        "--users",
+        "4000",
+        "--items",
+        "300",
+    ]
+    subprocess.run(synth, env=local_env(), check=True, capture_output=True, timeout=120)
+    fingerprints = {}
+    for name, env in (("two", two_nodes.env()), ("one", local_env())):
+        out = str(tmp_path / name)
+        res = subprocess.run(
+            [sys.executable, "-m", "batchrec", "data", "prepare", raw, "--out", out, "--engine", "ray",
+             "--partitions", "6"],
+            env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        nodes = 2 if name == "two" else 1
+        assert f"{nodes} node(s) did the work" in res.stderr, res.stderr[-3000:]
+        fingerprints[name] = PreparedDataset.open(out).fingerprint
+    assert fingerprints["two"] == fingerprints["one"]

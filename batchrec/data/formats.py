@@ -258,7 +258,10 @@ def _timestamps(col: pl.Series, url: str) -> pl.Series:
         if as_num.null_count() == col.null_count():
             out = as_num.floor().cast(pl.Int64)
         else:
-            out = col.str.strip_chars().str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+            try:
+                out = col.str.strip_chars().str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+            except pl.exceptions.ComputeError:  # no date format fits: the numbers are all there is
+                out = as_num.floor().cast(pl.Int64)
     else:
         out = pl.Series(col.name, [None] * len(col), dtype=pl.Int64)
     bad = out.is_null() & ~col.is_null()
@@ -279,19 +282,87 @@ def _timestamps(col: pl.Series, url: str) -> pl.Series:
     return out
 
 
-def read(url: str, fmt: str = "auto", columns: Columns | None = None) -> Interactions:
-    """Read interactions at `url` (file, directory or MovieLens folder) into standard columns."""
-    columns = columns or Columns()
+def has_time(fmt: str, columns: Columns) -> bool:
+    """Whether events of this format carry timestamps (else `timestamp` is the row number)."""
+    return columns.time is not None or fmt not in ("playlist", "sasrec-txt")
+
+
+def _resolve_format(url: str, fmt: str) -> tuple[str, str]:
     _check_exists(url)
     url = resolve(url)
     if fmt == "auto":
         fmt = detect(url)
     elif fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", fix=f"use auto or one of: {', '.join(FORMATS)}")
+    return url, fmt
+
+
+def read(url: str, fmt: str = "auto", columns: Columns | None = None) -> Interactions:
+    """Read interactions at `url` (file, directory or MovieLens folder) into standard columns."""
+    url, fmt = _resolve_format(url, fmt)
     raw = _read_raw(url, fmt)
     if raw.height == 0:
         raise UserError("the input holds no interactions", where=url, fix="check the file")
+    return _standard(raw, fmt, columns or Columns(), url, first_row=0)
 
+
+@dataclass(frozen=True)
+class Piece:
+    """What one worker reads of the input: a file, or some row groups of a Parquet file."""
+
+    url: str
+    first_row: int  # the number of its first row in the whole input (files in order, then rows)
+    rows: int
+    row_groups: tuple[int, ...] | None = None  # Parquet: only these; None: the whole file
+
+
+def pieces(url: str, fmt: str = "auto", max_rows: int = 4_000_000) -> tuple[str, list[Piece]]:
+    """(format, pieces) of the input, in input order: each Parquet file cut into runs of row
+    groups of about `max_rows` rows, any other file whole (text cannot be split by row safely).
+    A directory's files come in the order `read` reads them."""
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    url, fmt = _resolve_format(url, fmt)
+    if fmt != "parquet":
+        return fmt, [Piece(url, 0, -1)]
+    fs, path = storage.url_to_fs(url)
+    files = pds.dataset(path, filesystem=fs, format="parquet").files
+    out, first = [], 0
+    for file in files:
+        file_url = f"{url.split('://')[0]}://{file}" if "://" in url else file
+        try:
+            with fs.open(file, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"cannot read Parquet: {e}", where=file_url, fix="check the file") from e
+        group, rows = [], 0
+        for g in range(meta.num_row_groups):
+            group.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= max_rows or g == meta.num_row_groups - 1:
+                out.append(Piece(file_url, first, rows, tuple(group)))
+                first, group, rows = first + rows, [], 0
+    return fmt, out
+
+
+def read_piece(piece: Piece, fmt: str, columns: Columns) -> Interactions:
+    """One piece of the input, in standard columns (`read` of the whole input, cut)."""
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        try:
+            with storage.open_url(piece.url) as f:
+                table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups or ()))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"cannot read Parquet: {e}", where=piece.url, fix="check the file") from e
+        raw = pl.from_arrow(table)
+    else:
+        raw = _read_raw(piece.url, fmt)
+    return _standard(raw, fmt, columns, piece.url, first_row=piece.first_row)
+
+
+def _standard(raw: pl.DataFrame, fmt: str, columns: Columns, url: str, first_row: int) -> Interactions:
     user = _pick(raw, "user", columns.user, url)
     if columns.item:
         item_names = [c.strip() for c in columns.item.split(",") if c.strip()]
@@ -301,8 +372,8 @@ def read(url: str, fmt: str = "auto", columns: Columns | None = None) -> Interac
         item_names = [_pick(raw, "artist", None, url), _pick(raw, "track", None, url)]
     else:
         item_names = [_pick(raw, "item", None, url)]
-    has_time = columns.time is not None or fmt not in ("playlist", "sasrec-txt")
-    time = _pick(raw, "time", columns.time, url) if has_time else None
+    timed = has_time(fmt, columns)
+    time = _pick(raw, "time", columns.time, url) if timed else None
     rating = _pick(raw, "rating", columns.rating, url, required=False)
 
     frame = raw.select(pl.col(user).alias(USER_COL), _item_expr(raw, item_names).alias(ITEM_COL))
@@ -311,12 +382,15 @@ def read(url: str, fmt: str = "auto", columns: Columns | None = None) -> Interac
         if nulls:
             row = int(frame[col].is_null().arg_true()[0])
             raise UserError(
-                f"{nulls} null id(s) in column {label!r} (first at row {row})",
+                f"{nulls} null id(s) in column {label!r} (first at row {first_row + row})",
                 where=url,
                 fix="drop or fill those rows before preparing",
             )
-    ts = _timestamps(raw[time], url) if time else pl.int_range(0, raw.height, dtype=pl.Int64, eager=True)
+    if time:
+        ts = _timestamps(raw[time], url)
+    else:
+        ts = pl.int_range(first_row, first_row + raw.height, dtype=pl.Int64, eager=True)
     frame = frame.with_columns(ts.alias(TIME_COL))
     if rating:
         frame = frame.with_columns(raw[rating].cast(pl.Float64, strict=False).alias(RATING_COL))
-    return Interactions(frame=frame, format=fmt, has_time=has_time)
+    return Interactions(frame=frame, format=fmt, has_time=timed)

@@ -24,6 +24,7 @@ from batchrec.errors import UserError
 _log = log.get("data.prepare")
 
 # Generic file names whose folder names the dataset better (ml-100k/u.data → ml-100k).
+ENGINES = ("auto", "local", "ray")
 _GENERIC_NAMES = {"u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "interactions.parquet"}
 
 
@@ -46,6 +47,10 @@ class PrepareConfig:
     test_quantile: float = 0.9  # split=time: test targets after this quantile of time
     force: bool = False  # replace a different dataset already at `out`
     workspace: str | None = None  # workspace for default locations
+    # local: one process (polars); ray: spread over a Ray cluster by user; auto: ray when joining a cluster
+    engine: Literal["auto", "local", "ray"] = "auto"
+    partitions: int = 0  # engine ray: user partitions = dataset parts (0: one per 4M input rows)
+    ray_address: str | None = None  # Ray cluster to join (engine ray); default: a local Ray
 
     def validate(self) -> list[str]:
         errs = []
@@ -55,6 +60,10 @@ class PrepareConfig:
             errs.append(f"repeats: {self.repeats!r} is not one of {', '.join(sequences.REPEATS)}")
         if self.split not in sequences.SPLITS:
             errs.append(f"split: {self.split!r} is not one of {', '.join(sequences.SPLITS)}")
+        if self.engine not in ENGINES:
+            errs.append(f"engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.partitions < 0:
+            errs.append("partitions must be >= 0 (0: automatic)")
         if self.min_user_count < 0 or self.min_item_count < 0:
             errs.append("min_user_count and min_item_count must be >= 0 (0 disables)")
         if not 0 < self.valid_quantile < self.test_quantile < 1:
@@ -65,7 +74,7 @@ class PrepareConfig:
 
     def params(self) -> dict:
         """The parameters that shape the data (recorded in metadata.json)."""
-        skip = {"input", "out", "force", "workspace"}
+        skip = {"input", "out", "force", "workspace", "engine", "partitions", "ray_address"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -77,12 +86,26 @@ def default_out(input_url: str, ws: str | None = None) -> str:
     return storage.join(workspace.prepared_root(workspace.root(ws)), stem or "dataset")
 
 
+def engine(cfg: PrepareConfig) -> str:
+    """`auto`: the Ray engine when joining a cluster (--ray-address or RAY_ADDRESS, as a RayJob's
+    driver does), else the local one."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    return "ray" if cfg.ray_address or os.environ.get("RAY_ADDRESS") else "local"
+
+
 def run(cfg: PrepareConfig) -> str:
     errs = cfg.validate()
     if errs:
         raise UserError(f"invalid prepare options: {'; '.join(errs)}")
     out = cfg.out or default_out(cfg.input, cfg.workspace)
     t0 = time.monotonic()
+    if engine(cfg) == "ray":
+        from batchrec.data import ray_engine
+
+        ray_engine.run(cfg, out, {**cfg.params(), "engine": "ray"})
+        _log.info(f"prepared dataset published at {out} ({time.monotonic() - t0:.1f}s)")
+        return out
     cols = formats.Columns(user=cfg.user_col, item=cfg.item_col, time=cfg.time_col, rating=cfg.rating_col)
     data = formats.read(cfg.input, cfg.format, cols)
     _log.info(f"read {data.frame.height:,} interactions ({data.format}) in {time.monotonic() - t0:.1f}s")
@@ -101,7 +124,7 @@ def run(cfg: PrepareConfig) -> str:
     del df, data  # the row frame is the biggest object; free it before building tables
     sp = sequences.split(seqs, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     lengths = np.diff(seqs.offsets)
-    stats = sequences.summary(len(seqs.user_ids), len(seqs.item_ids), lengths)
+    stats = sequences.summary(len(seqs.user_ids), len(seqs.item_ids), np.bincount(lengths))
     stats["splits"] = sequences.split_sizes(sp.train_len, sp.targets)
     if stats["splits"]["valid"] == 0 and stats["splits"]["test"] == 0 and cfg.split != "full":
         _log.warning(f"the {cfg.split} split produced no evaluation targets")

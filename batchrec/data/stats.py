@@ -26,7 +26,8 @@ def compute(url: str, fmt: str = "auto", columns: formats.Columns | None = None)
     data = formats.read(url, fmt, columns)
     lengths = data.frame.group_by(schema.USER_COL).len()["len"].to_numpy()
     n_items = data.frame[schema.ITEM_COL].n_unique()
-    return {"kind": "raw", "format": data.format, **sequences.summary(len(lengths), n_items, lengths)}
+    summary = sequences.summary(len(lengths), n_items, np.bincount(lengths))
+    return {"kind": "raw", "format": data.format, **summary}
 
 
 def repeat_share(ds: PreparedDataset, split: str) -> float:
