@@ -122,8 +122,17 @@ def test_choices_are_listed_in_help():
 
 
 def test_shell_completion_is_available():
-    res = batchrec_cli("--show-completion", "bash")
-    assert res.returncode == 0 and "_BATCHREC_COMPLETE=complete_bash" in res.stdout
+    # typer finds the shell among the command's ancestors, as from a user's terminal: run it from
+    # bash, which does not exec the command away (the test runner's own ancestors may hold no
+    # shell at all, e.g. under nohup)
+    res = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m batchrec --show-completion; exit"],  # `; exit`: bash stays
+        env={k: v for k, v in os.environ.items() if not k.startswith("BATCHREC_")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and "_BATCHREC_COMPLETE=complete_bash" in res.stdout, res.stderr
     # and it completes: the subcommands after `batchrec t`
     env = {"COMP_WORDS": "batchrec t", "COMP_CWORD": "1", "_BATCHREC_COMPLETE": "complete_bash"}
     done = batchrec_cli(env=env)
