@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -189,3 +190,11 @@ def test_synth_prepare_stats_on_object_storage(s3_bucket):
     csv = f"{s3_bucket}/raw/log.csv"
     storage.write_bytes(csv, b"user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
     assert json.loads(runner.invoke(app, ["data", "stats", csv, "--json"]).output)["interactions"] == 3
+
+
+def test_length_stats_from_counts_are_numpy_percentiles():
+    # lengths 1, 2, 2, 10 as counts per length: additive over parts, same figures as np.percentile
+    stats = sequences.length_stats(np.bincount([1, 2, 2, 10]))
+    assert stats == {"min": 1, "p5": 1.15, "p25": 1.75, "p50": 2.0, "p75": 4.0, "p90": 7.6, "p95": 8.8,
+                     "p99": 9.76, "max": 10, "mean": 3.75}  # fmt: skip
+    assert sequences.length_stats(np.zeros(3, dtype=np.int64)) == {}
