@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -65,12 +67,14 @@ class TrainConfig:
     data: str | None = None  # default: the workspace's latest prepared dataset
     out: str | None = None  # default: {workspace}/checkpoints/{model}/{stamp}
     loss: LossName = "ce"  # full softmax, one negative per position, sampled softmax, in-batch + logQ
-    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    epochs: int | None = None  # upper bound; early stopping usually ends sooner; None: the model's default
     batch_size: int = 128  # sequences per step (per process under DDP)
     max_len: int | None = None  # longest history the model reads; None: the model's default
     dim: int | None = None  # embedding size; None: the model's default (64)
     dropout: float | None = None  # None: the model's default
-    lr: float = 2e-3  # AdamW learning rate
+    lr: float | None = None  # AdamW learning rate (the peak one under `cosine`); None: the model's default
+    # cosine: one epoch of linear warmup, then a half cosine down to 0 at `epochs`; None: the model's default
+    lr_schedule: Literal["constant", "cosine"] | None = None
     weight_decay: float = 0.0  # AdamW weight decay
     seed: int = 0  # runs are deterministic given it
     n_negatives: int = 256  # `sampled` loss only
@@ -106,7 +110,7 @@ class TrainConfig:
         for k in ("epochs", "batch_size", "patience", "n_negatives"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 errs.append(f"{k} must be ≥ 1")
-        if self.lr < 0:
+        if self.lr is not None and self.lr < 0:
             errs.append("lr must be ≥ 0 (0 keeps the initial weights: a floor for the quality gate)")
         return errs
 
@@ -123,6 +127,7 @@ class TrainState:
     done: bool = False
     attempt: str = ""  # under Ray: the `batchrec train` call that wrote it; its restarts resume it
     resumed_at: list[int] = field(default_factory=list)  # epochs at which training resumed
+    seconds: float = 0.0  # wall seconds spent in `fit` up to the last evaluation, over every resume
     best_record: dict[str, Any] = field(default_factory=dict)  # the metrics line of the best evaluation
     history: list[dict[str, Any]] = field(default_factory=list)  # every metrics line
 
@@ -147,6 +152,7 @@ class Setup:
     objective: Any = None  # model + loss, compiled and/or wrapped in DDP as asked
     optimizer: Any = None
     best_weights: dict[str, Any] | None = None
+    clock: float = 0.0  # perf_counter() at which `fit` would have started had it never been interrupted
 
     @property
     def metrics_url(self) -> str:
@@ -193,6 +199,8 @@ def setup(cfg: TrainConfig, group: distributed.Group, shard=None, valid: SplitDa
     ds = PreparedDataset.open(data_url)
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, ds.n_items, model_config_for(cfg))
+    unset = {k: v for k, v in model.training_defaults(cfg.loss).items() if getattr(cfg, k) is None}
+    cfg = replace(cfg, **unset)  # the checkpoint records the values the run used
     if valid is None and group.main:
         valid = SplitData.from_dataset(ds, "valid", max_users=cfg.eval_max_users, seed=cfg.seed)
     s = Setup(
@@ -307,6 +315,7 @@ def fit(s: Setup, state: TrainState) -> None:
             sum(p.numel() for p in s.model.parameters()), device, group.world, s.out,
         )  # fmt: skip
 
+    s.clock = time.perf_counter() - state.seconds
     stopped, epochs_this_run = False, 0
     while not stopped and state.epoch < cfg.epochs:
         # reseeded from (seed, epoch, rank): a resumed run repeats what the uninterrupted one did
@@ -321,8 +330,11 @@ def fit(s: Setup, state: TrainState) -> None:
         objective.train()
         total, n_batches = 0.0, 0
         bar = log.Progress(len(order), desc=f"epoch {state.epoch + 1}", unit="seqs", enabled=group.main)
+        steps_per_epoch = -(-len(order) // cfg.batch_size)
         for lo in range(0, len(order), cfg.batch_size):
             rows = order[lo : lo + cfg.batch_size]
+            for g in s.optimizer.param_groups:
+                g["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, state.step, steps_per_epoch, cfg.epochs)
             batch = torch.from_numpy(s.windows[rows]).to(device)
             users = torch.from_numpy(s.window_users[rows]).to(device)
             with autocast:
@@ -349,6 +361,15 @@ def fit(s: Setup, state: TrainState) -> None:
     if group.main:
         _log.info("best valid NDCG@10 %.4f at epoch %d → %s", state.best, state.best_epoch, s.out)
     group.barrier()
+
+
+def lr_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """The learning rate at optimizer step `step` (0-based), as a fraction of `lr`. A function of the
+    step alone, so a resumed run follows the same curve."""
+    if schedule == "constant":
+        return 1.0
+    warmup, total = steps_per_epoch, steps_per_epoch * epochs
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
 
 
 def run_on_ray(cfg: TrainConfig) -> str:
@@ -526,7 +547,9 @@ def validate_and_publish(s: Setup, state: TrainState, epoch_loss: float, seqs_pe
     stop = False
     if s.group.main:
         m = evaluate_model(s.model, s.valid, [10, 20], policy=s.cfg.exclude_seen, device=s.device)
+        state.seconds = time.perf_counter() - s.clock
         record = {"epoch": state.epoch, "step": state.step, "loss": epoch_loss, "seqs_per_s": seqs_per_s,
+                  "seconds": round(state.seconds, 3),
                   **{f"valid_{k}": v for k, v in m.items()}}  # fmt: skip
         if m["NDCG@10"] > state.best:
             state.best, state.best_epoch, state.best_record, state.bad = m["NDCG@10"], state.epoch, record, 0

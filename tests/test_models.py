@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from batchrec.errors import UserError
 from batchrec.models import MODELS, build
+from batchrec.models.layers import Dropout
 from batchrec.models.losses import LOSSES, Loss
 
 N = 40
@@ -30,6 +31,21 @@ def test_exported_scores_are_what_training_optimises(name):
     # the sequence vector there; scoring exports ⟨encode(history), item⟩: the two must agree
     inputs = seqs if m.causal else torch.cat([seqs, torch.full_like(seqs[:, :1], m.mask_id)], 1)
     torch.testing.assert_close(users @ items.T, m.sequence_vectors(inputs)[:, -1] @ items.T)
+
+
+def test_dropout_drops_about_p_and_keeps_the_expectation_exact():
+    drop = Dropout(0.25)
+    torch.manual_seed(0)
+    x = torch.ones(64, 64, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert 0.2 < 1 - kept.float().mean().item() < 0.3
+    assert torch.equal(y[kept], torch.full_like(y[kept], 4 / 3))  # p = 0.25 is a multiple of 1/65536
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the value does, scaled alike
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(64, 64)), y)  # the global seed makes it repeatable
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
 
 
 def test_popularity_scores_are_the_training_counts():
@@ -101,6 +117,23 @@ def test_losses_finite_and_ce_is_full_softmax():
     assert torch.isfinite(value)
     logits = users @ items[1:].T
     torch.testing.assert_close(Loss("ce", N)(users, target, items), F.cross_entropy(logits, target - 1))
+
+
+@pytest.mark.parametrize("n_items", [N, 2**17])  # 2**17 items: blocks of 16 rows, so three blocks
+def test_ce_value_and_gradients_are_full_softmax_cross_entropy(n_items):
+    torch.manual_seed(0)
+    users = torch.randn(40, 4, requires_grad=True)
+    items = torch.randn(n_items + 1, 4, requires_grad=True)
+    target = torch.randint(1, n_items + 1, (40,))
+    got = Loss("ce", n_items)(users, target, items)
+    got.backward(torch.tensor(3.0))
+    grads = users.grad, items.grad
+    users.grad = items.grad = None
+    want = F.cross_entropy(users @ items[1:].T, target - 1)
+    (3 * want).backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grads, (users.grad, items.grad))
+    assert not grads[1][0].any()  # padding is no candidate: its row gets no gradient
 
 
 def test_bce_negatives_are_drawn_outside_the_users_own_items():

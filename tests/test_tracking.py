@@ -48,7 +48,8 @@ def test_train_and_evaluate_log_params_epochs_and_results(tmp_path):
         "evaluate", "--checkpoint", ckpt, "--data", data, env={**env, "MLFLOW_TRACKING_URI": store.as_uri()}
     )
     client, (t, e) = runs(store)
-    assert t.data.params["train.lr"] == "0.002" and t.data.params["train.epochs"] == "2"
+    # the rate the run used: unset, SASRec's `ce` default
+    assert t.data.params["train.lr"] == "0.005" and t.data.params["train.epochs"] == "2"
     assert t.data.tags["checkpoint"] == ckpt and t.data.tags["stage"] == "train"
     epochs = client.get_metric_history(t.info.run_id, "valid_NDCG_at_10")
     assert [m.step for m in epochs] == [1, 2] and all(0 <= m.value <= 1 for m in epochs)

@@ -4,6 +4,7 @@ warm start, bad input."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from batchrec import checkpoint
 from batchrec.dataset import PreparedDataset
-from batchrec.train import TrainConfig, run
+from batchrec.train import TrainConfig, lr_factor, run
 from cli import app
 
 runner = CliRunner()
@@ -69,6 +70,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(synth, tmp_path):
     a = [json.loads(x) for x in Path(whole + ".metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in Path(part + ".metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    assert 0 < b[0]["seconds"] < b[1]["seconds"] < b[2]["seconds"] < b[3]["seconds"]  # counted over resumes
     assert b[-1]["valid_NDCG@10"] == pytest.approx(a[-1]["valid_NDCG@10"], abs=1e-3)
     assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-3)
 
@@ -90,6 +92,30 @@ def test_warm_start_carries_item_vectors_by_external_id(synth, tmp_path):
         new_model.item_embeddings()[n], old_model.item_embeddings()[o], atol=1e-5, rtol=0
     )
     assert np.array_equal(checkpoint.load_item_ids(new).to_pylist(), new_map.external.to_pylist())
+
+
+def test_unset_epochs_lr_and_schedule_are_the_models_and_loss_defaults(tiny_prepared, tmp_path):
+    small = {"dim": 8, "max_len": 5, "stop_after_epochs": 1}
+    ce = run(TrainConfig(model="sasrec", data=tiny_prepared, out=str(tmp_path / "ce"), **small))
+    bce = run(TrainConfig(model="sasrec", loss="bce", data=tiny_prepared, out=str(tmp_path / "bce"), **small))
+    given = _train(["--model", "sasrec", "--data", tiny_prepared, "--out", str(tmp_path / "given"),
+                    "--lr-schedule", "constant", "--lr", "0.001", "--stop-after-epochs", "1",
+                    "--dim", "8", "--max-len", "5"])  # fmt: skip
+    recorded = [checkpoint.read_meta(c)["train_config"] for c in (ce, bce, given)]
+    assert [(r["epochs"], r["lr"], r["lr_schedule"]) for r in recorded] == [
+        (30, 5e-3, "cosine"),
+        (200, 2e-3, "constant"),
+        (30, 1e-3, "constant"),
+    ]
+
+
+def test_cosine_schedule_warms_up_for_an_epoch_then_falls_to_zero_at_the_last_epoch():
+    # 2 steps an epoch, 3 epochs: warmup over steps 0-1, cosine over the 6 steps
+    got = [lr_factor("cosine", step, steps_per_epoch=2, epochs=3) for step in range(7)]
+    want = [0.5, 0.5 * (1 + math.cos(math.pi / 6)), 0.5 * (1 + math.cos(math.pi / 3)), 0.5, 0.25,
+            0.5 * (1 + math.cos(5 * math.pi / 6)), 0.0]  # fmt: skip
+    assert got == pytest.approx(want, abs=1e-12)
+    assert lr_factor("constant", 5, 2, 3) == 1.0
 
 
 def test_bad_input_is_one_clear_error(tiny_prepared, tmp_path):

@@ -17,6 +17,7 @@ Training (what `batchrec.train` asks of a model, and nothing else):
   The default is next-item prediction (`causal`); a cloze model overrides `mask_items`.
 - `window()`: (width, overlap) of the training windows cut from each history.
 - `patience`: evaluations without a better validation score before training stops.
+- `training_defaults(loss)`: the epochs, learning rate and schedule a run gets unless it sets them.
 - `item_tables`: state-dict entries with one row per internal item id (a warm start maps
   them by external id).
 
@@ -25,6 +26,8 @@ and a constructor `Model(n_items, config)`, registered by name in `batchrec.mode
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +55,10 @@ class SeqRecModel(nn.Module):
     def mask_items(self, item_seqs: torch.Tensor, generator: torch.Generator | None = None):
         """Cloze models: (masked inputs, labels with 0 where nothing is predicted)."""
         raise NotImplementedError
+
+    def training_defaults(self, loss: str) -> dict[str, Any]:
+        """`epochs`, `lr` and `lr_schedule` of a run that does not set them."""
+        return {"epochs": 200, "lr": 2e-3, "lr_schedule": "constant"}
 
     def fit(self, train_items: np.ndarray) -> SeqRecModel:
         """Models trained without gradients are fit on the flat array of training events here."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from batchrec.models.base import SeqRecModel
-from batchrec.models.layers import Block, attention_mask, recency_positions
+from batchrec.models.layers import Block, Dropout, attention_mask, recency_positions
 
 
 @dataclass
@@ -55,7 +55,7 @@ class BERT4Rec(SeqRecModel):
         self.mask_id = n_items + 1
         self.item_emb = nn.Embedding(n_items + 2, c.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(c.dim, c.heads, c.dropout, ffn_mult=c.ffn_mult) for _ in range(c.n_layers)
         )

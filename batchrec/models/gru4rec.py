@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from batchrec.models.base import SeqRecModel
+from batchrec.models.layers import Dropout
 
 
 @dataclass
@@ -36,7 +37,7 @@ class GRU4Rec(SeqRecModel):
         self.config = c = config or GRU4RecConfig()
         self.n_items = n_items
         self.item_emb = nn.Embedding(n_items + 1, c.dim, padding_idx=0)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.gru = nn.GRU(c.dim, c.dim, num_layers=c.n_layers, batch_first=True)
         self.out = nn.Linear(c.dim, c.dim)
         nn.init.normal_(self.item_emb.weight, std=c.dim**-0.5)

@@ -28,9 +28,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_mult * dim), act, nn.Dropout(dropout), nn.Linear(ffn_mult * dim, dim)
+            nn.Linear(dim, ffn_mult * dim), act, Dropout(dropout), nn.Linear(ffn_mult * dim, dim)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, d)
         b, t, d = x.shape
@@ -38,6 +38,31 @@ class Block(nn.Module):
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d/H)
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with a mask 10× cheaper to draw on CPU.
+
+    CPU `bernoulli_` draws one 32-bit number per element (≈ 7 ms for a 128 × 50 × 64 batch, a
+    quarter of a SASRec step); here each 64-bit draw gives four 16-bit lanes, so `p` is rounded to
+    a multiple of 1/65536 and kept values are scaled by 1 / (1 − that p), keeping the expectation
+    exact. Other devices keep `F.dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.cut = round(p * 65536) - 32768  # a lane below it drops its element
+        self.scale = 65536 / (65536 - round(p * 65536))  # the models' configs keep p < 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64)
+        keep = draws.view(torch.int16)[:n].view(x.shape) >= self.cut
+        return x * keep * self.scale
 
 
 def attention_mask(item_seqs: torch.Tensor, causal: bool) -> torch.Tensor:  # (B, 1, T, T)
