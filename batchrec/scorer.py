@@ -22,8 +22,8 @@ class Scorer:
     history item is masked; under `"none"` only padding is (repeats may be recommended).
 
     Returns internal ids: user_idx (B,), embedding (B, d) float32, topk_items (B, k) int32 and
-    topk_scores (B, k) float32 in rank order; a slot with score -inf is a masked item (the user
-    has fewer than k unseen items). On CUDA the encoder runs under bf16 autocast; the vectors
+    topk_scores (B, k) float32 in rank order; a slot with score -inf holds no recommendation (the
+    user has fewer than k unseen items). On CUDA the encoder runs under bf16 autocast; the vectors
     are then cast to float32 and scored in float32, so every exported score is exactly
     ⟨exported user vector, exported item vector⟩ up to float rounding.
     """
@@ -58,6 +58,9 @@ class Scorer:
         self.mask_history = exclude_seen == "history"
         self.fault = fault
         self.index = None
+        self.flat = None
+        if self.device.type == "cpu" and retrieval == "exact":
+            self.flat = _flat_index(self.item_vectors()[1:], torch.get_num_threads())
         if retrieval == "faiss":
             from batchrec import ann
 
@@ -88,11 +91,44 @@ class Scorer:
         return out
 
     def topk(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the catalogue by chunked matmul, padding (and seen items) masked."""
-        import torch
-
+        """Exact top-k over the catalogue, padding (and seen items) excluded."""
         if not self.mask_history:
             histories = [h[:0] for h in histories]
+        if self.flat is not None:
+            return self._topk_flat(users.numpy(), histories)
+        return self._topk_chunked(users, histories)
+
+    def _topk_flat(self, users: np.ndarray, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """CPU: FAISS brute force (its GEMM tiles feed a per-user heap, so no score matrix is ever
+        materialised) fetches k + the block's longest history, which must contain the k best
+        unseen items; seen ones are then dropped. Users go in blocks of similar history length
+        so one heavy user does not widen every row's fetch."""
+        n = len(histories)
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        out_items = np.zeros((n, self.k), dtype=np.int32)
+        out_scores = np.full((n, self.k), -np.inf, dtype=np.float32)
+        for b0 in range(0, n, self.user_chunk):
+            rows = order[b0 : b0 + self.user_chunk]
+            fetch = min(self.n_items, self.k + int(lengths[rows].max()))
+            scores, found = self.flat.search(np.ascontiguousarray(users[rows]), fetch)
+            cand = found + 1  # item row r is internal id r + 1; FAISS's -1 (none) becomes padding
+            seen = np.concatenate([histories[r] for r in rows]) if len(rows) else np.zeros(0, np.int64)
+            owner = np.repeat(np.arange(len(rows)), lengths[rows])
+            width = self.n_items + 1
+            drop = np.isin(np.arange(len(rows))[:, None] * width + cand, owner * width + seen)
+            drop |= cand == schema.PAD
+            # unmasked candidates first, each row keeping FAISS's descending score order
+            keep = np.argsort(drop, axis=1, kind="stable")[:, : self.k]
+            scores = np.where(drop, -np.inf, scores).astype(np.float32)
+            out_items[rows] = np.take_along_axis(np.where(drop, schema.PAD, cand), keep, 1)
+            out_scores[rows] = np.take_along_axis(scores, keep, 1)
+        return out_items, out_scores
+
+    def _topk_chunked(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """GPU: chunked matmul with a running top-k merge."""
+        import torch
+
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         seen_rows = torch.from_numpy(np.repeat(np.arange(len(histories)), lengths)).to(self.device)
         seen_items = torch.from_numpy(
@@ -170,3 +206,18 @@ class Scorer:
         if kind == "kill-once" and not os.path.exists(path):
             open(path, "w").close()
             os._exit(1)
+
+
+def _flat_index(vectors: np.ndarray, threads: int):
+    """Exact inner-product index over the item rows, with FAISS's BLAS path on from the first
+    query (by default it takes it only from 128k queries at once) and GEMM tiles of 512 users ×
+    2048 items, which measured fastest here for d=64 and k ≈ 100-150 (BENCHMARKS.md, issue 17)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    faiss.cvar.distance_compute_blas_threshold = 20
+    faiss.cvar.distance_compute_blas_query_bs = 512
+    faiss.cvar.distance_compute_blas_database_bs = 2048
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index

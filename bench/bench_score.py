@@ -2,6 +2,11 @@
 
     python bench/bench_score.py --users 250000 --items 100000 --dim 64 --k 100
     python bench/bench_score.py --users 1000000 --items 100000 --dim 64 --k 100
+    python bench/bench_score.py --users 1000000 --items 100000 --dim 64 --k 100 --floor
+
+`--floor` also times, in the same run and before scoring, what the figure is compared with: a
+plain `user_chunk @ items.T` + `torch.topk` loop over the same item vectors (users/s, no encoding,
+no masking, no writing) and the GEMM rate (GFLOP/s, fp32 and bf16), and prints each ratio.
 
 Prints users/s end to end (Ray start to published `_SUCCESS`) and the peak RSS and PSS of the
 whole process tree (this process + raylet, object store, Ray workers), sampled from /proc every
@@ -20,7 +25,7 @@ import numpy as np
 import proctree
 import pyarrow as pa
 
-from batchrec import checkpoint, schema
+from batchrec import checkpoint, schema, storage
 from batchrec.dataset import PreparedDataset, write_prepared
 from batchrec.models import build
 from batchrec.score import ScoreConfig, run
@@ -79,6 +84,40 @@ def _tree_memory(root: int) -> tuple[int, int]:
     return rss, pss
 
 
+def _best_s(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def floors(ckpt: str, k: int, threads: int, users: int = 8192) -> dict[str, float]:
+    """The plain matmul + topk loop (users/s) and square GEMM rates (GFLOP/s), `threads` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model, _ = checkpoint.load(ckpt)
+    with torch.no_grad():
+        items = model.item_embeddings().detach().float().contiguous()
+    queries = torch.randn(users, items.shape[1])
+
+    def plain() -> None:
+        for u0 in range(0, users, 1024):
+            for c0 in range(0, items.shape[0], 32768):
+                (queries[u0 : u0 + 1024] @ items[c0 : c0 + 32768].T).topk(k, dim=1)
+
+    out = {"plain_users_per_s": users / _best_s(plain, 2)}
+    for name, dtype, n in (("fp32", torch.float32, 4096), ("bf16", torch.bfloat16, 1024)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        out[f"gemm_{name}_gflops"] = 2 * n**3 / _best_s(lambda a=a, b=b: a @ b) / 1e9
+    # the scoring matmul is 2·N·d FLOP per user: the users/s the fp32 GEMM rate allows
+    out["gemm_fp32_users_per_s"] = out["gemm_fp32_gflops"] * 1e9 / (2 * items.shape[0] * items.shape[1])
+    torch.set_num_threads(os.cpu_count() or 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--users", type=int, default=1_000_000)
@@ -88,6 +127,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--root", default="/tmp/batchrec-bench-score")
+    p.add_argument("--retrieval", choices=["exact", "faiss"], default="exact")
+    p.add_argument("--floor", action="store_true", help="also time the plain matmul+topk loop and GEMM rates")
     a = p.parse_args()
 
     base = f"{a.root}/{a.users}x{a.items}"
@@ -95,6 +136,9 @@ def main() -> None:
     data = make_data(f"{base}/prepared", a.users, a.items)
     ckpt = make_checkpoint(f"{base}/ckpt-d{a.dim}", data, a.dim)
     print(f"data + checkpoint: {time.time() - t0:.1f}s")
+    floor = floors(ckpt, a.k, a.threads) if a.floor else {}
+    for name, value in floor.items():
+        print(f"floor {name}: {value:,.1f}")
 
     peak = [0, 0]
     stop = threading.Event()
@@ -122,6 +166,7 @@ def main() -> None:
         k=a.k,
         batch_size=a.batch_size,
         threads_per_worker=a.threads,
+        retrieval=a.retrieval,
         date="2026-11-23",
     )
     out = run(cfg)
@@ -129,10 +174,19 @@ def main() -> None:
     stop.set()
     sampler.join()
     print(f"out: {out}")
+    rate = a.users / wall
     print(
-        f"users={a.users} items={a.items} d={a.dim} k={a.k}: {wall:.1f}s end to end, "
-        f"{a.users / wall:,.0f} users/s; peak tree RSS {peak[0] / 2**30:.2f} GiB, PSS {peak[1] / 2**30:.2f} GiB"
+        f"users={a.users} items={a.items} d={a.dim} k={a.k} retrieval={a.retrieval}: {wall:.1f}s end to end, "
+        f"{rate:,.0f} users/s; peak tree RSS {peak[0] / 2**30:.2f} GiB, PSS {peak[1] / 2**30:.2f} GiB"
     )
+    if a.retrieval == "faiss":
+        manifest = storage.read_json(storage.join(out, schema.MANIFEST))
+        print(f"recall against exact (manifest): {manifest['retrieval_recall']}")
+    if floor:
+        print(
+            f"ratio to the plain matmul+topk loop: {rate / floor['plain_users_per_s']:.2f}; "
+            f"to the fp32 GEMM rate's users/s: {rate / floor['gemm_fp32_users_per_s']:.2f}"
+        )
 
 
 if __name__ == "__main__":

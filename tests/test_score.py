@@ -777,3 +777,27 @@ def test_faiss_retrieval_drops_seen_items_and_reports_recall(tmp_path):
     )
     recall = measure_recall(inputs, k=8, sample=10, vocab=vocab, policy="history")
     assert recall == {"recall": 1.0, "k": 8, "users": 10}
+
+
+def test_cpu_topk_is_exact_with_ties_long_histories_and_few_unseen_items(tmp_path):
+    """The FAISS brute-force path against brute force: items tied in score (duplicated vectors),
+    a history longer than k covering the best items, and a user with fewer than k unseen items."""
+    data = make_tiny_prepared(str(tmp_path / "data"), n_users=3, n_items=40)
+    ckpt = save_tiny(str(tmp_path / "ckpt"), data)
+    scorer = Scorer(ckpt, k=6, user_chunk=2)
+    items = scorer.item_vectors()
+    scorer.flat.reset()
+    tied = items[1:].copy()
+    tied[10:20] = tied[0]  # items 11..20 score exactly as item 1
+    scorer.flat.add(tied)
+    users = torch.from_numpy(np.stack([tied[0], tied[5], -tied[0]]))
+    best_first = np.argsort(-(tied @ tied[0]), kind="stable") + 1
+    histories = [best_first[:12].astype(np.int64), np.array([6]), np.arange(1, 37)]
+    got_items, got_scores = scorer.topk(users, histories)
+    vecs = np.vstack([np.zeros((1, tied.shape[1]), np.float32), tied])
+    _, want = brute_force(users.numpy(), vecs, histories, 6)
+    assert_same_topk(
+        got_items[:2], got_scores[:2], want, histories[:2], lambda row, ids: vecs[ids] @ users[row].numpy()
+    )
+    np.testing.assert_allclose(got_scores[2], want[2], atol=1e-4)  # 4 unseen items, then -inf
+    assert sorted(got_items[2][:4].tolist()) == [37, 38, 39, 40] and got_items[2][4:].tolist() == [0, 0]
