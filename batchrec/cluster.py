@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -135,6 +136,30 @@ class Watchdog:
         )
         self.stop()
         return True
+
+    def drive(self, consume: Callable[[], None], name: str) -> None:
+        """Run `consume` (the iteration over a Ray Data run, calling `batch_done`) in a thread
+        while this one watches: it returns when the iteration ends, or when the run stalls (the
+        run's executor is stopped and `stalled` says why; the caller raises). What `consume`
+        raised is raised here, unless the run stalled. A wait inside Ray Data can never keep the
+        driver from ending the run."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                consume()
+            except BaseException as e:  # handed to the watching thread, which raises it
+                failure.append(e)
+
+        consumer = threading.Thread(target=run, name=name, daemon=True)
+        consumer.start()
+        while consumer.is_alive():
+            consumer.join(timeout=min(1.0, self.limit() / 10))
+            if consumer.is_alive() and self.check():
+                consumer.join(timeout=30)
+                return
+        if failure and self.stalled is None:
+            raise failure[0]
 
     def stop(self) -> None:
         """Shut the run's executor down with force (no-op when it has already shut down)."""

@@ -194,15 +194,22 @@ def existing_fingerprint(url: str) -> str | None:
     return storage.read_json(meta_url).get("fingerprint") if storage.exists(meta_url) else None
 
 
-def check_destination(url: str, overwrite: bool) -> None:
-    """Refuse early a destination holding something other than a prepared dataset (unless
-    `overwrite`); a different dataset there is refused once the new one's fingerprint is known."""
-    if storage.exists(url) and storage.ls(url) and not overwrite and not existing_fingerprint(url):
-        raise UserError(
-            "the destination is not empty",
-            where=url,
-            fix="choose another --out, or pass --force to replace it",
-        )
+def check_destination(url: str, overwrite: bool, fingerprint: str | None = None) -> bool:
+    """True when `url` already holds the published dataset `fingerprint` (nothing to publish).
+    Refuses a destination holding anything else unless `overwrite`; before the new dataset's
+    fingerprint is known (None), only one holding something other than a prepared dataset."""
+    if not (storage.exists(url) and storage.ls(url)):
+        return False
+    existing = existing_fingerprint(url)
+    if fingerprint is not None and existing == fingerprint and storage.is_published(url):
+        return True
+    if overwrite or (fingerprint is None and existing):
+        return False
+    raise UserError(
+        "the destination already holds a different dataset" if existing else "the destination is not empty",
+        where=url,
+        fix="choose another --out, or pass --force to replace it",
+    )
 
 
 def publish_prepared(
@@ -222,19 +229,9 @@ def publish_prepared(
     item_table = item_map_table(item_ids)
     item_digest = part_digest(item_table)
     fp = combine_digests([item_digest] + [d for part in parts for d in part["digests"]])
-    if storage.exists(url) and storage.ls(url):
-        existing = existing_fingerprint(url)
-        if existing == fp and storage.is_published(url):
-            storage.remove(stage)
-            return
-        if not overwrite:
-            raise UserError(
-                "the destination already holds a different dataset"
-                if existing
-                else "the destination is not empty",
-                where=url,
-                fix="choose another --out, or pass --force to replace it",
-            )
+    if check_destination(url, overwrite, fp):
+        storage.remove(stage)
+        return
     storage.write_parquet(item_table, storage.join(stage, schema.ITEM_MAP))
     storage.write_json(
         storage.join(stage, schema.METADATA),

@@ -29,7 +29,6 @@ one batch without Ray, which is how its tests, the GPU benchmark and `batchrec r
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -480,49 +479,34 @@ def _execute(
     popularity = np.zeros(0, dtype=np.int64)  # times each model item occurs in the scored histories
     nodes: set[str] = set()
     actors: set[str] = set()
-    failure: list[BaseException] = []
 
     def consume() -> None:
         nonlocal popularity
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                errors = [e for e in batch["error"] if e]
-                if errors:
-                    watchdog.stop()
-                    failure.append(RuntimeError(f"a scorer failed, nothing was published: {errors[0]}"))
-                    return
-                for key in counts:
-                    counts[key] += int(batch[key].sum())
-                fallback.extend(batch["fallback"])
-                for items, times in zip(batch["seen_items"], batch["seen_counts"], strict=True):
-                    if len(items):
-                        popularity = np.pad(popularity, (0, max(0, int(items.max()) + 1 - len(popularity))))
-                        np.add.at(popularity, items, times)
-                nodes.update(batch["node"].tolist())
-                actors.update(batch["actor"].tolist())
-                watchdog.batch_done()
-                progress.update(int(batch["users"].sum() + batch["skipped"].sum()))
-        except BaseException as e:  # handed to the driver thread, which raises it
-            failure.append(e)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            errors = [e for e in batch["error"] if e]
+            if errors:
+                watchdog.stop()
+                raise RuntimeError(f"a scorer failed, nothing was published: {errors[0]}")
+            for key in counts:
+                counts[key] += int(batch[key].sum())
+            fallback.extend(batch["fallback"])
+            for items, times in zip(batch["seen_items"], batch["seen_counts"], strict=True):
+                if len(items):
+                    popularity = np.pad(popularity, (0, max(0, int(items.max()) + 1 - len(popularity))))
+                    np.add.at(popularity, items, times)
+            nodes.update(batch["node"].tolist())
+            actors.update(batch["actor"].tolist())
+            watchdog.batch_done()
+            progress.update(int(batch["users"].sum() + batch["skipped"].sum()))
 
-    # The driver thread only watches: the iteration runs beside it, so a wait inside Ray Data
-    # can never keep the driver from ending the run.
     with log.Progress(n_users, "score", unit="users") as progress:
-        consumer = threading.Thread(target=consume, name="batchrec-score", daemon=True)
-        consumer.start()
-        while consumer.is_alive():
-            consumer.join(timeout=min(1.0, watchdog.limit() / 10))
-            if consumer.is_alive() and watchdog.check():
-                consumer.join(timeout=30)
-                break
+        watchdog.drive(consume, "batchrec-score")
         if watchdog.stalled:
             raise RetryableError(
                 f"scoring stalled: {watchdog.stalled}; its actors were stopped and nothing was published — "
                 "rerun the same command (check the cluster's free CPUs/GPUs and the scorer logs "
                 "if it stalls again, or raise --stall-timeout-s)"
             )
-        if failure:
-            raise failure[0]
     _log.info("scored on %d node(s) by %d scorer actor(s)", len(nodes), len(actors))
     users = np.concatenate(fallback) if fallback else np.zeros(0, np.int64)
     return {**counts, "nodes": len(nodes), "actors": len(actors), "fallback": users, "popularity": popularity}

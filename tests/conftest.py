@@ -114,6 +114,17 @@ def make_tiny_prepared(
     )
 
 
+def make_untrained_sasrec(url: str, data_url: str, dim: int) -> str:
+    """A randomly initialised one-block SASRec checkpoint for a prepared dataset (scoring tests:
+    what matters is that every user gets a list, not its quality)."""
+    from batchrec import checkpoint, models
+    from batchrec.dataset import PreparedDataset
+
+    ds = PreparedDataset.open(data_url)
+    model = models.build("sasrec", ds.n_items, {"dim": dim, "n_layers": 1, "heads": 1, "max_len": 8})
+    return checkpoint.save(url, model, data=ds.reference(), item_ids=ds.item_map.external)
+
+
 def make_synth_prepared(root: Path, seed: int = 0) -> str:
     """400 users walking rings of 400 items (`batchrec data synth`), prepared: the next item is
     predictable, popularity is not. For training tests."""

@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_tiny_prepared
+from conftest import make_tiny_prepared, make_untrained_sasrec
 from localcluster import LocalCluster
 from test_train_ray import NOISE, check_ray_trained_job
 
-from batchrec import checkpoint, models, schema, storage, workspace
+from batchrec import schema, storage, workspace
 from batchrec.dataset import PreparedDataset
 
 DATE = "2026-11-23"
@@ -40,12 +40,7 @@ def two_nodes():
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     data = make_tiny_prepared(str(root / "data"), n_users=3000, n_items=200)
-    prepared = PreparedDataset.open(data)
-    model = models.build("sasrec", prepared.n_items, {"dim": 16, "n_layers": 1, "heads": 1, "max_len": 8})
-    ckpt = checkpoint.save(
-        str(root / "ckpt"), model, data=prepared.reference(), item_ids=prepared.item_map.external
-    )
-    return data, ckpt
+    return data, make_untrained_sasrec(str(root / "ckpt"), data, dim=16)
 
 
 def score_cmd(data: str, ckpt: str, out: str, *extra: str) -> list[str]:

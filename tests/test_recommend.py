@@ -8,10 +8,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_tiny_prepared
+from conftest import make_tiny_prepared, make_untrained_sasrec
 from typer.testing import CliRunner
 
-from batchrec import checkpoint, models, schema, storage, workspace
+from batchrec import schema, storage, workspace
 from batchrec.dataset import PreparedDataset
 from batchrec.recommend import read_titles
 from cli import app
@@ -55,9 +55,7 @@ def test_titles_from_parquet_and_a_clear_error_without_a_title_column(tmp_path):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rec")
     data = make_tiny_prepared(str(root / "data"), n_users=20, n_items=30)
-    ds = PreparedDataset.open(data)
-    model = models.build("sasrec", ds.n_items, {"dim": 8, "n_layers": 1, "heads": 1, "max_len": 8})
-    ckpt = checkpoint.save(str(root / "ckpt"), model, data=ds.reference(), item_ids=ds.item_map.external)
+    ckpt = make_untrained_sasrec(str(root / "ckpt"), data, dim=8)
     titles = root / "items.csv"
     titles.write_text("item_id,title\n" + "".join(f"i{i},Title {i}\n" for i in range(30)))
     return data, ckpt, str(titles)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -401,30 +400,20 @@ def _each(step: str, fn: Callable[[dict, dict], dict], units: list[dict], ctx: d
         _apply, fn_kwargs={"fn": fn, "ctx": json.dumps(ctx)}, batch_size=1, num_cpus=1, zero_copy_batch=True
     )
     results: list[dict] = []
-    failure: list[BaseException] = []
     with cluster.Watchdog(None).watching() as watchdog, log.Progress(len(units), f"prepare: {step}") as bar:
 
         def consume() -> None:
-            try:
-                for row in ds.iter_rows():
-                    results.append(json.loads(row["result"]))
-                    watchdog.batch_done()
-                    bar.update(1)
-            except BaseException as e:  # handed to the driver thread, which raises it
-                failure.append(e)
+            for row in ds.iter_rows():
+                results.append(json.loads(row["result"]))
+                watchdog.batch_done()
+                bar.update(1)
 
-        consumer = threading.Thread(target=consume, name="batchrec-prepare", daemon=True)
-        consumer.start()
-        while consumer.is_alive():
-            consumer.join(timeout=1.0)
-            if consumer.is_alive() and watchdog.check():
-                consumer.join(timeout=30)
-                raise RetryableError(
-                    f"data prepare stalled in step {step!r}: {watchdog.stalled}; nothing was published — "
-                    "rerun the same command"
-                )
-    if failure:
-        raise failure[0]
+        watchdog.drive(consume, "batchrec-prepare")
+        if watchdog.stalled:
+            raise RetryableError(
+                f"data prepare stalled in step {step!r}: {watchdog.stalled}; nothing was published — "
+                "rerun the same command"
+            )
     refused = [r["refused"] for r in results if "refused" in r]
     if refused:
         raise UserError(**refused[0])
