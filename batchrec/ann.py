@@ -144,6 +144,7 @@ def build_index(
     metric: str = "ip",
     *,
     tune_queries: np.ndarray | None = None,
+    tune_k: int = TUNE_K,
     seed: int = 0,
 ) -> faiss.Index:
     """Build a CPU index over `vectors` (row i = vector i) with search parameters already tuned.
@@ -151,7 +152,9 @@ def build_index(
     `tune_queries`: a sample of the real queries (user embeddings) to tune nprobe/efSearch on;
     without it, blends of random item pairs stand in for users.
     """
-    return build_index_with_info(vectors, factory, metric, tune_queries=tune_queries, seed=seed)[0]
+    return build_index_with_info(
+        vectors, factory, metric, tune_queries=tune_queries, tune_k=tune_k, seed=seed
+    )[0]
 
 
 def build_index_with_info(
@@ -160,6 +163,7 @@ def build_index_with_info(
     metric: str = "ip",
     *,
     tune_queries: np.ndarray | None = None,
+    tune_k: int = TUNE_K,
     seed: int = 0,
 ) -> tuple[faiss.Index, BuildInfo]:
     """`build_index`, also returning what was built and how long each step took."""
@@ -201,7 +205,7 @@ def build_index_with_info(
         _ivf(index).metric_type = faiss.METRIC_INNER_PRODUCT
         index.metric_type = faiss.METRIC_INNER_PRODUCT
         index = _pad_queries(index, d)
-    params, recall = _tune(index, vectors, tune_queries, metric, rng)
+    params, recall = _tune(index, vectors, tune_queries, metric, rng, tune_k)
     info = BuildInfo(
         factory=factory,
         metric=metric,
@@ -249,8 +253,9 @@ def _tune(
     queries: np.ndarray | None,
     metric: str,
     rng: np.random.Generator,
+    k: int = TUNE_K,
 ) -> tuple[dict[str, int], float | None]:
-    """The cheapest search parameter value whose recall@10 on sample queries reaches the target."""
+    """The cheapest search parameter value whose recall@k on sample queries reaches the target."""
     param = _tunable_param(index)
     if param is None:
         return {}, None
@@ -270,7 +275,7 @@ def _tune(
         queries = as_matrix(queries, "tuning queries")
         if len(queries) > TUNE_QUERIES:
             queries = queries[rng.choice(len(queries), TUNE_QUERIES, replace=False)]
-    k = min(TUNE_K, n)
+    k = min(k, n)
     _, exact = exact_search(vectors, queries, k, metric=metric)
     limit = _ivf(index).nlist if param == "nprobe" else None
     recall = 0.0
@@ -284,6 +289,21 @@ def _tune(
         if recall >= RECALL_TARGET or value == limit:
             break
     return {param: int(value)}, recall
+
+
+# Past this share of its lists probed, an IVF index scans more than brute force computes: brute
+# force runs as GEMM tiles, the IVF scan vector by vector. Measured on 100k items of an untrained
+# SASRec (d = 64, top-150 of 4,096 users, 2 threads): IVF1024 at nprobe 64 14.4k users/s, 128
+# 8.3k, 256 4.5k; exact brute force 6k (BENCHMARKS.md, issue 17).
+IVF_MAX_PROBED_SHARE = 1 / 8
+
+
+def slower_than_exact(index: faiss.Index) -> str | None:
+    """Why brute force would be at least as fast as this tuned index (None: it is faster)."""
+    ivf = _ivf(index)
+    if ivf is None or ivf.nprobe <= ivf.nlist * IVF_MAX_PROBED_SHARE:
+        return None
+    return f"the IVF index needs nprobe {ivf.nprobe} of its {ivf.nlist} lists to reach recall {RECALL_TARGET}"
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

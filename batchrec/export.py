@@ -18,6 +18,17 @@ from batchrec import __version__, schema, storage, workspace
 from batchrec.ids import IdMap
 
 LAYOUTS = ("lists", "exploded")
+# Dictionary-encode only the one low-cardinality column: ids and scores are (nearly) all distinct
+# within a part, so a dictionary first fills up and is then abandoned, which took half the
+# writing time and gave larger files (BENCHMARKS.md, issue 17).
+_DICTIONARY_COLUMNS = ("source",)
+
+
+def write_table(table: pa.Table, url: str) -> None:
+    """Write one part of an output table."""
+    storage.write_parquet(
+        table, url, use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names]
+    )
 
 
 def _embeddings(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -102,7 +113,7 @@ def write_fallback_part(
     items = np.tile(popular, (len(user_idx), 1))
     scores = np.full(items.shape, np.nan, dtype=np.float32)
     table = topk_table(user_idx, items, scores, user_map, item_map, layout, source="fallback")
-    storage.write_parquet(table, storage.join(run_url, schema.TOPK, part_name(int(user_idx[0]))))
+    write_table(table, storage.join(run_url, schema.TOPK, part_name(int(user_idx[0]))))
     return len(user_idx)
 
 
@@ -118,11 +129,11 @@ def write_part(
     if not len(user_idx):
         return 0
     name = part_name(user_idx.min())
-    storage.write_parquet(
+    write_table(
         user_embeddings_table(user_idx, scored["embedding"], user_map),
         storage.join(run_url, schema.USER_EMBEDDINGS, name),
     )
-    storage.write_parquet(
+    write_table(
         topk_table(user_idx, scored["topk_items"], scored["topk_scores"], user_map, item_map, layout),
         storage.join(run_url, schema.TOPK, name),
     )

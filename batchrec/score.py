@@ -275,7 +275,7 @@ def run(cfg: ScoreConfig) -> str:
         driver_scorer = Scorer(inputs.checkpoint, k=cfg.k, device="cpu")
         d = driver_scorer.d
         item_table = export.item_embeddings_table(driver_scorer.item_vectors(), vocab.items)
-        storage.write_parquet(item_table, storage.join(stage, schema.ITEM_EMBEDDINGS, export.part_name(0)))
+        export.write_table(item_table, storage.join(stage, schema.ITEM_EMBEDDINGS, export.part_name(0)))
         del driver_scorer, item_table
         timings["item_embeddings"] = time.monotonic() - t0
 
@@ -384,7 +384,8 @@ def measure_recall(inputs: _Inputs, k: int, sample: int, vocab, policy: str) -> 
     histories = [h for h in histories if len(h)]
     batch = {"user_idx": np.arange(len(histories)), "items": histories}
     exact = Scorer(inputs.checkpoint, k=k, device="cpu", exclude_seen=policy)(batch)
-    approx = Scorer(inputs.checkpoint, k=k, device="cpu", retrieval="faiss", exclude_seen=policy)(batch)
+    faiss_scorer = Scorer(inputs.checkpoint, k=k, device="cpu", retrieval="faiss", exclude_seen=policy)
+    approx = faiss_scorer(batch)
     hits = total = 0
     for e_items, e_scores, a_items in zip(
         exact["topk_items"], exact["topk_scores"], approx["topk_items"], strict=True
@@ -392,7 +393,12 @@ def measure_recall(inputs: _Inputs, k: int, sample: int, vocab, policy: str) -> 
         want = set(e_items[np.isfinite(e_scores)].tolist())
         hits += len(want & set(a_items.tolist()))
         total += len(want)
-    return {"recall": hits / max(total, 1), "k": k, "users": len(histories)}
+    return {
+        "recall": hits / max(total, 1),
+        "k": k,
+        "users": len(histories),
+        "searched_with": faiss_scorer.searched_with,
+    }
 
 
 def _score_users(

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from batchrec import batching, distributed, ranking, schema
+from batchrec import batching, distributed, log, ranking, schema
+
+_log = log.get("score")
 
 
 class Scorer:
@@ -57,14 +59,28 @@ class Scorer:
         self.encode_batch, self.user_chunk, self.item_chunk = encode_batch, user_chunk, item_chunk
         self.mask_history = exclude_seen == "history"
         self.fault = fault
-        self.index = None
-        self.flat = None
-        if self.device.type == "cpu" and retrieval == "exact":
-            self.flat = _flat_index(self.item_vectors()[1:], torch.get_num_threads())
+        # CPU top-k goes through a FAISS index: brute force (exact), or the ANN index when asked
+        # for and faster; GPU top-k is the chunked matmul.
+        self.search_index = None
+        self.searched_with = "exact"
         if retrieval == "faiss":
             from batchrec import ann
 
-            self.index = ann.build_index(self.item_vectors()[1:], None, "ip")  # row r = item r + 1
+            index, info = ann.build_index_with_info(self.item_vectors()[1:], None, "ip", tune_k=self.k)
+            slow = ann.slower_than_exact(index)
+            if slow:
+                _log.info("--retrieval faiss searches exactly: %s, where brute force is faster", slow)
+                self.searched_with = f"exact ({slow})"
+            else:
+                self.search_index = index  # row r = item r + 1
+                params = ",".join(f"{k}={v}" for k, v in info.search_params.items())
+                self.searched_with = f"faiss {info.factory}" + (f" {params}" if params else "")
+        if self.device.type == "cpu":
+            import faiss
+
+            faiss.omp_set_num_threads(torch.get_num_threads())  # FAISS's own thread pool, sized like torch's
+            if self.search_index is None:
+                self.search_index = _flat_index(self.item_vectors()[1:])
 
     @property
     def d(self) -> int:
@@ -91,18 +107,19 @@ class Scorer:
         return out
 
     def topk(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the catalogue, padding (and seen items) excluded."""
+        """Top-k over the catalogue, padding (and seen items) excluded: exact unless an ANN index searches."""
         if not self.mask_history:
             histories = [h[:0] for h in histories]
-        if self.flat is not None:
-            return self._topk_flat(users.numpy(), histories)
+        if self.search_index is not None:
+            return self._topk_faiss(users.float().cpu().numpy(), histories)
         return self._topk_chunked(users, histories)
 
-    def _topk_flat(self, users: np.ndarray, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """CPU: FAISS brute force (its GEMM tiles feed a per-user heap, so no score matrix is ever
-        materialised) fetches k + the block's longest history, which must contain the k best
-        unseen items; seen ones are then dropped. Users go in blocks of similar history length
-        so one heavy user does not widen every row's fetch."""
+    def _topk_faiss(self, users: np.ndarray, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """CPU: the FAISS index (brute force: its GEMM tiles feed a per-user heap, so no score
+        matrix is ever materialised) fetches k + the block's longest history, which must contain
+        the k best unseen items among those it finds; seen ones are then dropped. Users go in
+        blocks of similar history length so one heavy user does not widen every row's fetch.
+        Both index kinds hold the raw item vectors, so the scores are fp32 ⟨user, item⟩."""
         n = len(histories)
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
@@ -111,7 +128,7 @@ class Scorer:
         for b0 in range(0, n, self.user_chunk):
             rows = order[b0 : b0 + self.user_chunk]
             fetch = min(self.n_items, self.k + int(lengths[rows].max()))
-            scores, found = self.flat.search(np.ascontiguousarray(users[rows]), fetch)
+            scores, found = self.search_index.search(np.ascontiguousarray(users[rows]), fetch)
             cand = found + 1  # item row r is internal id r + 1; FAISS's -1 (none) becomes padding
             seen = np.concatenate([histories[r] for r in rows]) if len(rows) else np.zeros(0, np.int64)
             owner = np.repeat(np.arange(len(rows)), lengths[rows])
@@ -161,31 +178,11 @@ class Scorer:
             torch.cat(all_scores).numpy().astype(np.float32),
         )
 
-    def topk_ann(self, users: Any, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k through the FAISS index: over-fetch by the longest history, drop seen items, rescore exactly."""
-        from batchrec import ann
-
-        queries = users.float().cpu().numpy()
-        if not self.mask_history:
-            histories = [h[:0] for h in histories]
-        fetch = min(self.n_items, self.k + max((len(h) for h in histories), default=0))
-        _, rows = ann.search(self.index, queries, fetch)
-        cand = rows + 1  # internal ids; 0 where FAISS found fewer than `fetch`
-        items_np = self.item_vectors()
-        scores = np.einsum("bd,bkd->bk", queries, items_np[cand]).astype(np.float32)
-        for row, h in enumerate(histories):
-            scores[row, np.isin(cand[row], h) | (cand[row] == schema.PAD)] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
-        return (
-            np.take_along_axis(cand, order, 1).astype(np.int32),
-            np.take_along_axis(scores, order, 1),
-        )
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._maybe_fail()
         histories = [np.asarray(h, dtype=np.int64) for h in batch["items"]]
         users = self.encode(histories)
-        items, scores = self.topk(users, histories) if self.index is None else self.topk_ann(users, histories)
+        items, scores = self.topk(users, histories)
         return {
             "user_idx": np.asarray(batch["user_idx"], dtype=np.int32),
             "embedding": users.cpu().numpy(),
@@ -208,13 +205,12 @@ class Scorer:
             os._exit(1)
 
 
-def _flat_index(vectors: np.ndarray, threads: int):
+def _flat_index(vectors: np.ndarray):
     """Exact inner-product index over the item rows, with FAISS's BLAS path on from the first
     query (by default it takes it only from 128k queries at once) and GEMM tiles of 512 users ×
     2048 items, which measured fastest here for d=64 and k ≈ 100-150 (BENCHMARKS.md, issue 17)."""
     import faiss
 
-    faiss.omp_set_num_threads(threads)
     faiss.cvar.distance_compute_blas_threshold = 20
     faiss.cvar.distance_compute_blas_query_bs = 512
     faiss.cvar.distance_compute_blas_database_bs = 2048

@@ -125,7 +125,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per scorer actor")
+    p.add_argument("--workers", type=int, default=None, help="scorer actors (default: the job's own sizing)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--root", default="/tmp/batchrec-bench-score")
     p.add_argument("--retrieval", choices=["exact", "faiss"], default="exact")
     p.add_argument("--floor", action="store_true", help="also time the plain matmul+topk loop and GEMM rates")
@@ -166,6 +168,8 @@ def main() -> None:
         k=a.k,
         batch_size=a.batch_size,
         threads_per_worker=a.threads,
+        num_workers=a.workers,
+        cpus_per_worker=a.cpus_per_worker,
         retrieval=a.retrieval,
         date="2026-11-23",
     )

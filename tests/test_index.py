@@ -105,6 +105,16 @@ def test_approximate_factories_reach_recall_with_true_ip_scores(factory):
         np.testing.assert_allclose(scores[:, 0], np.einsum("ij,ij->i", q, x[rows[:, 0]]), rtol=1e-4)
 
 
+def test_an_ivf_index_probing_more_than_an_eighth_of_its_lists_is_slower_than_exact():
+    x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+    index = ann.build_index(x, "IVF16,Flat")
+    ann.set_search_params(index, {"nprobe": 2})
+    assert ann.slower_than_exact(index) is None
+    ann.set_search_params(index, {"nprobe": 3})
+    assert ann.slower_than_exact(index) == "the IVF index needs nprobe 3 of its 16 lists to reach recall 0.97"
+    assert ann.slower_than_exact(ann.build_index(x, "Flat")) is None
+
+
 def test_l2_metric():
     x, q = clustered(2000), clustered(50, seed=9)
     _, rows = ann.search(ann.build_index(x, "IVF16,Flat", "l2"), q, 5)

@@ -33,6 +33,17 @@ def test_exported_scores_are_what_training_optimises(name):
     torch.testing.assert_close(users @ items.T, m.sequence_vectors(inputs)[:, -1] @ items.T)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_encode_runs_only_the_last_position_through_the_last_block_and_agrees(name, layers):
+    m = _model(name, n_layers=layers, heads=2)
+    seqs = torch.tensor([[0, 0, 0, 7, 3], [1, 2, 3, 4, 5], [0, 9, 9, 8, 2]])
+    inputs = seqs if m.causal else torch.cat([seqs, torch.full_like(seqs[:, :1], m.mask_id)], 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(m.encode(seqs, torch.tensor([2, 5, 4])), m.sequence_vectors(inputs)[:, -1])
+        assert m.sequence_vectors(inputs, last_only=True).shape[1] == 1
+
+
 def test_dropout_drops_about_p_and_keeps_the_expectation_exact():
     drop = Dropout(0.25)
     torch.manual_seed(0)

@@ -162,6 +162,28 @@ def test_export_tables_map_to_external_ids_in_both_layouts():
     assert emb.schema == schema.user_embeddings_schema(pa.string(), 3)
 
 
+def test_output_parts_dictionary_encode_only_the_source_column(tmp_path):
+    users = IdMap(pa.array(np.arange(50, dtype=np.int64)), offset=0)
+    items = IdMap(pa.array(np.arange(100, 140, dtype=np.int64)), offset=1)
+    rng = np.random.default_rng(0)
+    top = export.topk_table(
+        np.arange(50), rng.integers(1, 41, (50, 5)), rng.random((50, 5), np.float32), users, items
+    )
+    export.write_table(top, str(tmp_path / "top.parquet"))
+    meta = pq.ParquetFile(str(tmp_path / "top.parquet")).metadata.row_group(0)
+    dictionary = {
+        meta.column(i).path_in_schema: any("DICTIONARY" in e for e in meta.column(i).encodings)
+        for i in range(meta.num_columns)
+    }
+    assert dictionary == {
+        "user_id": False,
+        "item_ids.list.element": False,
+        "scores.list.element": False,
+        "source": True,
+    }
+    assert pq.read_table(str(tmp_path / "top.parquet")).equals(top)
+
+
 @pytest.mark.parametrize("layout", ["lists", "exploded"])
 def test_fallback_lists_are_the_popular_items_marked_and_unscored(tmp_path, layout):
     users = IdMap(pa.array(["ann", "bob", "cy"]), offset=0)
@@ -776,7 +798,7 @@ def test_faiss_retrieval_drops_seen_items_and_reports_recall(tmp_path):
         ckpt, data, str(tmp_path / "out"), "2026-11-23", str(tmp_path / "out" / "_runs" / "dt=2026-11-23")
     )
     recall = measure_recall(inputs, k=8, sample=10, vocab=vocab, policy="history")
-    assert recall == {"recall": 1.0, "k": 8, "users": 10}
+    assert recall == {"recall": 1.0, "k": 8, "users": 10, "searched_with": "faiss Flat"}
 
 
 def test_cpu_topk_is_exact_with_ties_long_histories_and_few_unseen_items(tmp_path):
@@ -786,10 +808,10 @@ def test_cpu_topk_is_exact_with_ties_long_histories_and_few_unseen_items(tmp_pat
     ckpt = save_tiny(str(tmp_path / "ckpt"), data)
     scorer = Scorer(ckpt, k=6, user_chunk=2)
     items = scorer.item_vectors()
-    scorer.flat.reset()
+    scorer.search_index.reset()
     tied = items[1:].copy()
     tied[10:20] = tied[0]  # items 11..20 score exactly as item 1
-    scorer.flat.add(tied)
+    scorer.search_index.add(tied)
     users = torch.from_numpy(np.stack([tied[0], tied[5], -tied[0]]))
     best_first = np.argsort(-(tied @ tied[0]), kind="stable") + 1
     histories = [best_first[:12].astype(np.int64), np.array([6]), np.arange(1, 37)]

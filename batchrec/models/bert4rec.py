@@ -67,14 +67,16 @@ class BERT4Rec(SeqRecModel):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def sequence_vectors(self, item_seqs: torch.Tensor) -> torch.Tensor:  # (B, T, d + 1)
+    def sequence_vectors(
+        self, item_seqs: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:  # (B, T, d + 1)
         """Output vectors at every position of a (possibly masked) sequence, bias dimension included."""
         item_seqs = item_seqs[:, -self.config.max_len :]
         x = self.item_emb(item_seqs) + self.pos_emb(recency_positions(item_seqs.shape[1], item_seqs.device))
         x = self.drop(x * (item_seqs > 0).unsqueeze(-1))
         mask = attention_mask(item_seqs, causal=False)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only and i == len(self.blocks) - 1)
         h = self.head(self.ln(x))
         return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
 
@@ -108,7 +110,7 @@ class BERT4Rec(SeqRecModel):
 
     def encode(self, item_seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # (B, d + 1)
         masked = torch.full_like(item_seqs[:, :1], self.mask_id)
-        return self.sequence_vectors(torch.cat([item_seqs, masked], dim=1))[:, -1]
+        return self.sequence_vectors(torch.cat([item_seqs, masked], dim=1), last_only=True)[:, -1]
 
     def item_embeddings(self) -> torch.Tensor:  # (N + 1, d + 1)
         n = self.n_items + 1

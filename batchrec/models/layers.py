@@ -32,9 +32,21 @@ class Block(nn.Module):
         )
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, d), or (B, 1, d) for the last position only when `last_only`: inference wants
+        one vector per user, so the last block needs every position's keys and values but only
+        the last position's query, attention and FFN (about 40 % of a 2-block encoder's work)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h = self.ln1(x)
+        if last_only:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, d // self.heads).transpose(1, 2)
+            k, v = (
+                F.linear(h, w[d:], bias[d:]).view(b, t, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            )
+            x, mask, t = x[:, -1:], mask[:, :, -1:], 1
+        else:
+            q, k, v = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d/H)
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.ffn(self.ln2(x)))

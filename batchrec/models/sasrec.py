@@ -65,18 +65,18 @@ class SASRec(SeqRecModel):
             return {"epochs": 30, "lr": 5e-3, "lr_schedule": "cosine"}
         return super().training_defaults(loss)
 
-    def sequence_vectors(self, item_seqs: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+    def sequence_vectors(self, item_seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:  # (B, T, d)
         """The user vector after each prefix: column t has seen items[:t+1] only."""
         item_seqs = item_seqs[:, -self.config.max_len :]
         x = self.item_emb(item_seqs) + self.pos_emb(recency_positions(item_seqs.shape[1], item_seqs.device))
         x = self.drop(x * (item_seqs > 0).unsqueeze(-1))
         mask = attention_mask(item_seqs, causal=True)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only and i == len(self.blocks) - 1)
         return self.ln(x)
 
     def encode(self, item_seqs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # (B, d)
-        return self.sequence_vectors(item_seqs)[:, -1]
+        return self.sequence_vectors(item_seqs, last_only=True)[:, -1]
 
     def item_embeddings(self) -> torch.Tensor:  # (N + 1, d)
         return self.item_emb.weight
