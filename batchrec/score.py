@@ -57,8 +57,9 @@ class ScoreConfig:
     num_workers: int | None = None  # scorer actors; default: one per GPU, else one per spare CPU
     gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0  # CPUs (and torch threads) per scorer actor
-    # torch threads per CPU actor, default cpus_per_worker; more than the Ray CPUs it reserves
-    # lets one actor use a small machine's every core while its read tasks still get scheduled.
+    # threads per CPU actor, default cpus_per_worker: each one an independent scoring lane (its
+    # share of every batch, one torch/FAISS thread); more than the Ray CPUs it reserves lets one
+    # actor use a small machine's every core while its read tasks still get scheduled.
     threads_per_worker: int | None = None
     ray_address: str | None = None  # Ray cluster to join (e.g. ray://head:10001); default: a local Ray
     topk_layout: Literal["lists", "exploded"] = "lists"  # one row per user, or one per (user, rank)

@@ -97,14 +97,19 @@ def assert_same_topk(got_items, got_scores, want_scores, histories, score_of, at
 # Scorer and export, without Ray.
 
 
-def test_scorer_equals_bruteforce_and_masks_the_full_history(tmp_path):
+def _tiny_batch(tmp_path) -> tuple[str, dict[str, np.ndarray]]:
+    """A checkpoint (max_len 4) and one batch of its data's 25 users, histories 5..14 items long."""
     data = make_tiny_prepared(str(tmp_path / "data"), n_users=25, n_items=40)
     ckpt = save_tiny(str(tmp_path / "ckpt"), data, max_len=4)
     seqs = PreparedDataset.open(data).sequences
-    batch = {
+    return ckpt, {
         "user_idx": seqs.column("user_idx").to_numpy(),
         "items": np.array([np.array(h) for h in seqs.column("items").to_pylist()], dtype=object),
     }
+
+
+def test_scorer_equals_bruteforce_and_masks_the_full_history(tmp_path):
+    ckpt, batch = _tiny_batch(tmp_path)
     # Small chunks so the user and item chunking and the running top-k merge are exercised.
     scorer = Scorer(ckpt, k=10, user_chunk=7, item_chunk=9, encode_batch=5)
     out = scorer(batch)
@@ -127,6 +132,40 @@ def test_scorer_equals_bruteforce_and_masks_the_full_history(tmp_path):
         want_scores,
         histories,
         lambda row, ids: items[ids] @ out["embedding"][row],
+    )
+
+
+def test_scorer_lanes_split_a_batch_each_on_one_thread_and_give_the_same_lists(tmp_path, monkeypatch):
+    import faiss
+
+    ckpt, batch = _tiny_batch(tmp_path)
+    whole = Scorer(ckpt, k=10)(batch)
+    shares = []
+    real = Scorer._encode_and_rank
+
+    def spy(self, histories):
+        shares.append((len(histories), faiss.omp_get_max_threads(), torch.get_num_threads()))
+        return real(self, histories)
+
+    monkeypatch.setattr(Scorer, "_encode_and_rank", spy)
+    before = torch.get_num_threads()
+    try:
+        lanes = Scorer(ckpt, k=10, threads=3)(batch)
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(shares) == [(8, 1, 1), (8, 1, 1), (9, 1, 1)]
+    np.testing.assert_array_equal(lanes["user_idx"], whole["user_idx"])
+    np.testing.assert_allclose(lanes["embedding"], whole["embedding"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lanes["topk_scores"], whole["topk_scores"], rtol=1e-5, atol=1e-6)
+    histories = [np.asarray(h) for h in batch["items"]]
+    items = Scorer(ckpt, k=10).item_vectors()
+    _, want = brute_force(lanes["embedding"], items, histories, 10)
+    assert_same_topk(
+        lanes["topk_items"],
+        lanes["topk_scores"],
+        want,
+        histories,
+        lambda row, ids: items[ids] @ lanes["embedding"][row],
     )
 
 
