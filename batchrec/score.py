@@ -56,7 +56,7 @@ class ScoreConfig:
     batch_size: int = 4096  # users per Ray Data batch (one Parquet part per batch)
     num_workers: int | None = None  # scorer actors; default: one per GPU, else one per spare CPU
     gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float = 1.0  # CPUs (and torch threads) per scorer actor
+    cpus_per_worker: float = 1.0  # CPUs (and, by default, scoring lanes) per scorer actor
     # threads per CPU actor, default cpus_per_worker: each one an independent scoring lane (its
     # share of every batch, one torch/FAISS thread); more than the Ray CPUs it reserves lets one
     # actor use a small machine's every core while its read tasks still get scheduled.

@@ -10,8 +10,9 @@ no masking, no writing) and the GEMM rate (GFLOP/s, fp32 and bf16), and prints e
 
 Prints users/s end to end (Ray start to published `_SUCCESS`) and the peak RSS and PSS of the
 whole process tree (this process + raylet, object store, Ray workers), sampled from /proc: RSS
-every 0.5 s, PSS every 5 s (reading it is not free). PSS splits shared pages (the object store) among the processes mapping them, so it does
-not count them twice; RSS summed over processes does, and is the pessimistic figure.
+every 0.5 s, PSS every 5 s (reading it is not free). PSS splits shared pages (the object store)
+among the processes mapping them, so it does not count them twice; RSS summed over processes
+does, and is the pessimistic figure.
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per scorer actor")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="scoring lanes (one thread each) per scorer actor",
+    )
     p.add_argument("--workers", type=int, default=None, help="scorer actors (default: the job's own sizing)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--root", default="/tmp/batchrec-bench-score")

@@ -98,8 +98,9 @@ def test_unknown_keys_in_any_section_are_all_reported(tmp_path):
     "name", ["quickstart.yaml", "ml1m-sasrec.yaml", "bert4rec.yaml", "ml1m-bert4rec.yaml"]
 )
 def test_jobs_that_set_their_learning_rate_keep_it_constant(name, monkeypatch):
-    # SASRec-CE's and BERT4Rec-CE's default cosine schedule over a job's own short `epochs` halved the quickstart's
-    # NDCG@10 (0.435 → 0.246): a job that names its rate keeps the schedule it was measured with
+    # SASRec-CE's (and BERT4Rec-CE's) default cosine schedule over a job's own short `epochs` halved
+    # the quickstart's NDCG@10 (0.435 → 0.246): a job that names its rate keeps the schedule it was
+    # measured with
     monkeypatch.setenv("BATCHREC_ML1M", "/elsewhere/ml-1m.txt")
     job = pipeline.load(str(JOBS / name), date="2026-11-23")
     assert job.train.lr is not None and job.train.lr_schedule == "constant"
